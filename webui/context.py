@@ -1,0 +1,87 @@
+"""The application context: built once at start-up, handed explicitly to the UI, the API and extensions.
+
+Nothing here runs at import time. :func:`build_context` wires settings, paths, the model manager, the
+sampler/schedule/upscaler registries, the output saver and the job queue with its one GPU worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webui.config.flags import Flags, resolve_path
+from webui.config.options import Options
+from webui.config.paths import Paths
+from webui.engine.images import UpscalerRegistry
+from webui.engine.jobs import Job, JobQueue
+from webui.engine.outputs import OutputSaver
+from webui.engine.params import GenerationParams
+from webui.engine.processing import EngineServices, Processed, generate
+from webui.engine.samplers.registry import SamplerRegistry, ScheduleRegistry, create_registries
+from webui.models.devices import DevicePolicy, choose_policy
+from webui.models.manager import CacheLimits, ModelManager
+
+log = logging.getLogger(__name__)
+VERSION = "v0.1.0"
+
+
+@dataclass
+class AppContext:
+    """Everything the running application owns. One instance per process (tests build their own)."""
+
+    flags: Flags
+    paths: Paths
+    options: Options
+    policy: DevicePolicy
+    models: ModelManager
+    samplers: SamplerRegistry
+    schedules: ScheduleRegistry
+    upscalers: UpscalerRegistry
+    queue: JobQueue
+    version: str = VERSION
+    started: bool = field(default=False, init=False)
+
+    def engine_services(self) -> EngineServices:
+        """The engine's view of the context; output settings are read fresh for every job."""
+        outputs = OutputSaver(self.paths.outputs_dir, self.options.as_dict())
+        return EngineServices(self.models, self.samplers, self.options, outputs, self.upscalers, self.version)
+
+    def submit_generation(self, params: GenerationParams) -> Job:
+        """Queue a txt2img/img2img job; its result is a :class:`Processed`."""
+
+        def run(job_ctx: object) -> Processed:
+            return generate(self.engine_services(), params, job_ctx)  # type: ignore[arg-type]
+
+        return self.queue.submit(Job(params.mode, run, payload=params))
+
+    def submit(self, kind: str, fn: object) -> Job:
+        """Queue any GPU work (model switches, extension jobs) behind the jobs already waiting."""
+        return self.queue.submit(Job(kind, lambda _ctx: fn()))  # type: ignore[operator]
+
+    def start(self) -> None:
+        """Start the GPU worker."""
+        if not self.started:
+            self.queue.start()
+            self.started = True
+
+    def close(self) -> None:
+        """Stop the worker and free models."""
+        if self.started:
+            self.queue.stop(timeout=10)
+            self.started = False
+        self.models.close()
+
+
+def build_context(flags: Flags, root: Path, *, options: Options | None = None) -> AppContext:
+    """Compose the application from parsed flags; ``root`` is the repository (default data dir)."""
+    paths = Paths.from_flags(flags, root).ensure()
+    opts = options or Options(paths.config_file)
+    policy = choose_policy(flags)
+    extra = tuple(p for p in (resolve_path(flags.ckpt, paths.data_dir),) if p is not None and p.exists())
+    vae_path = resolve_path(flags.vae_path, paths.data_dir)
+    limits = CacheLimits(on_device=int(opts.get("sd_checkpoints_limit", 1)), in_ram=int(opts.get("sd_checkpoint_cache", 0)))
+    models = ModelManager(paths, policy, extra_checkpoints=extra, limits=limits, vae_path=vae_path)
+    samplers, schedules = create_registries()
+    queue = JobQueue(preview_every_n_steps=lambda: int(opts.get("show_progress_every_n_steps", 10)) if opts.get("live_previews_enable", True) else 0)
+    return AppContext(flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue)
