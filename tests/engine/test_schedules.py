@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -70,7 +71,9 @@ def test_exponential_and_polyexponential():
     assert torch.allclose(schedules.polyexponential(5, 0.1, 10.0, rho=1.0), sigmas)
     bent = schedules.polyexponential(5, 0.1, 10.0, rho=2.0)
     ramp = [(1 - k / 4) ** 2 for k in range(5)]
-    assert bent[:-1].tolist() == pytest.approx([math.exp(r * math.log(100) + math.log(0.1)) for r in ramp], rel=1e-5)
+    assert bent[:-1].tolist() == pytest.approx(
+        [math.exp(r * math.log(100) + math.log(0.1)) for r in ramp], rel=1e-5
+    )
 
 
 def test_uniform_simple_and_ddim_use_discrete_levels():
@@ -105,9 +108,13 @@ def test_align_your_steps_lists_and_interpolation():
     dense = schedules.align_your_steps(21, 0, 0, model=MODEL)[:-1].tolist()
     table = schedules.AYS_SD1_SIGMAS
     assert dense[0::2] == pytest.approx(table, rel=1e-5)
-    assert dense[1::2] == pytest.approx([math.sqrt(a * b) for a, b in zip(table, table[1:])], rel=1e-5)
+    assert dense[1::2] == pytest.approx([math.sqrt(a * b) for a, b in itertools.pairwise(table)], rel=1e-5)
     ten = schedules.align_your_steps(10, 0, 0, model=MODEL)
-    assert ten.shape == (11,) and float(ten[0]) == pytest.approx(14.615) and float(ten[-2]) == pytest.approx(0.029)
+    assert (
+        ten.shape == (11,)
+        and float(ten[0]) == pytest.approx(14.615)
+        and float(ten[-2]) == pytest.approx(0.029)
+    )
 
 
 def test_beta_schedule_is_symmetric_for_equal_parameters():

@@ -141,7 +141,7 @@ def _load_pickle_checkpoint(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
         return _unwrap(obj, path)
-    except pickle.UnpicklingError as first:
+    except pickle.UnpicklingError:
         # torch's allow-list refused a global; retry with ours, which stubs a few inert classes.
         try:
             obj = torch.load(

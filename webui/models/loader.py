@@ -94,7 +94,10 @@ def inspect_checkpoint(info: CheckpointInfo) -> tuple[ModelSpec, CheckpointHeade
     if info.is_folder:
         return _inspect_diffusers_folder(info.path), None
     header = read_header(info.path)
-    spec = detect(header.shapes, header.metadata, read_yaml_override(info.path))
+    try:
+        spec = detect(header.shapes, header.metadata, read_yaml_override(info.path))
+    except (UnknownArchitecture, CorruptCheckpoint) as e:
+        raise type(e)(f"{info.name}: {e}") from e
     return spec, header
 
 

@@ -69,7 +69,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[VaeInfo] = []
-        self._loaded: OrderedDict[tuple[Path, str], LoadedModel] = OrderedDict()
+        self._loaded: OrderedDict[tuple[Path, float, str], LoadedModel] = OrderedDict()
         self._current: LoadedModel | None = None
         self._specs: dict[tuple[Path, float, int], ModelSpec] = {}
 
@@ -186,7 +186,8 @@ class ModelManager:
             else:
                 info = self.find(name)
             vae_info = self._resolve_vae(info, vae)
-            key = (info.path, vae_info.name if vae_info else VAE_NONE)
+            # the mtime makes a file replaced on disk load again instead of serving the stale model
+            key = (info.path, info.mtime, vae_info.name if vae_info else VAE_NONE)
             if self._current is not None and self._key(self._current) == key:
                 return self._current
             cached = self._loaded.pop(key, None)
@@ -223,8 +224,9 @@ class ModelManager:
         )
 
     @staticmethod
-    def _key(model: LoadedModel) -> tuple[Path, str]:
-        return (model.checkpoint.path, model.vae_info.name if model.vae_info else VAE_NONE)
+    def _key(model: LoadedModel) -> tuple[Path, float, str]:
+        info = model.checkpoint
+        return (info.path, info.mtime, model.vae_info.name if model.vae_info else VAE_NONE)
 
     def _activate(self, model: LoadedModel) -> None:
         previous = self._current

@@ -82,13 +82,16 @@ class BrownianTreeNoiseSampler:
         if t_low == t_high:
             raise InvalidParameter("sigma_min", "the Brownian tree needs sigma_min < sigma_max")
         self._t_low, self._t_high = min(t_low, t_high), max(t_low, t_high)
+        # torchsde keeps the ends in float32; a small margin keeps float64 queries at the ends inside.
+        margin = 1e-6 * (self._t_high - self._t_low)
         self._per_item = not isinstance(seed, int)
         seeds = list(seed) if self._per_item else [seed]
         if self._per_item and len(seeds) != x.shape[0]:
             raise InvalidParameter("seed", f"got {len(seeds)} seeds for a batch of {x.shape[0]}")
         start = torch.zeros(tuple(x.shape[1:]) if self._per_item else tuple(x.shape), dtype=torch.float32)
         self._trees = [
-            torchsde.BrownianTree(self._t_low, start, self._t_high, entropy=int(item)) for item in seeds
+            torchsde.BrownianTree(self._t_low - margin, start, self._t_high + margin, entropy=int(item))
+            for item in seeds
         ]
 
     def _time(self, sigma: float | torch.Tensor) -> float:
