@@ -67,6 +67,7 @@ class ModelManager:
         self._vae_path = vae_path
         self._on_loaded = on_loaded
         self._lock = threading.RLock()
+        self._load_lock = threading.Lock()
         self._checkpoints: list[CheckpointInfo] = []
         self._vaes: list[VaeInfo] = []
         self._loaded: OrderedDict[tuple[Path, float, str], LoadedModel] = OrderedDict()
@@ -170,30 +171,29 @@ class ModelManager:
 
         On any error the previous model stays active and a :class:`ModelError` explains what is wrong.
         """
-        with self._lock:
-            if name is None:
-                if self._current is not None and vae in (None, VAE_AUTOMATIC):
-                    return self._current
-                if self._current is not None:
-                    info = self._current.checkpoint
+        with self._load_lock:  # one load at a time; listing and lookups stay responsive meanwhile
+            with self._lock:
+                if name is None:
+                    if self._current is not None and vae in (None, VAE_AUTOMATIC):
+                        return self._current
+                    if self._current is not None:
+                        info = self._current.checkpoint
+                    else:
+                        checkpoints = self._checkpoints or self.refresh()
+                        if not checkpoints:
+                            raise ModelNotFound(
+                                "no checkpoints found: put .safetensors files in models/Stable-diffusion"
+                            )
+                        info = checkpoints[0]
                 else:
-                    checkpoints = self._checkpoints or self.refresh()
-                    if not checkpoints:
-                        raise ModelNotFound(
-                            "no checkpoints found: put .safetensors files in models/Stable-diffusion"
-                        )
-                    info = checkpoints[0]
-            else:
-                info = self.find(name)
-            vae_info = self._resolve_vae(info, vae)
-            # the mtime makes a file replaced on disk load again instead of serving the stale model
-            key = (info.path, info.mtime, vae_info.name if vae_info else VAE_NONE)
-            if self._current is not None and self._key(self._current) == key:
-                return self._current
-            cached = self._loaded.pop(key, None)
-            if cached is not None:
-                model = cached
-            else:
+                    info = self.find(name)
+                vae_info = self._resolve_vae(info, vae)
+                # the mtime makes a file replaced on disk load again instead of serving the stale model
+                key = (info.path, info.mtime, vae_info.name if vae_info else VAE_NONE)
+                if self._current is not None and self._key(self._current) == key:
+                    return self._current
+                model = self._loaded.pop(key, None)
+            if model is None:
                 try:
                     self.ensure_hash(info)
                     model = load_checkpoint(info, self._cpu_policy(), self.paths.model_configs_dir, vae_info)
@@ -203,9 +203,10 @@ class ModelManager:
                     raise ModelNotFound(f"{info.name}: the checkpoint file is gone ({e})") from e
                 except (OSError, RuntimeError, ValueError, KeyError) as e:
                     raise ModelError(f"{info.name}: failed to load ({e})") from e
-            self._activate(model)
-            self._loaded[key] = model
-            self._trim()
+            with self._lock:
+                self._activate(model)
+                self._loaded[key] = model
+                self._trim()
             log.info(
                 "loaded %s (%s) in %.2fs on %s",
                 info.title,
