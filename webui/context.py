@@ -19,6 +19,7 @@ from webui.engine.outputs import OutputSaver
 from webui.engine.params import GenerationParams
 from webui.engine.processing import EngineServices, Processed, generate
 from webui.engine.samplers.registry import SamplerRegistry, ScheduleRegistry, create_registries
+from webui.extensions.host import ExtensionHost
 from webui.models.devices import DevicePolicy, choose_policy
 from webui.models.manager import CacheLimits, ModelManager
 
@@ -40,12 +41,17 @@ class AppContext:
     upscalers: UpscalerRegistry
     queue: JobQueue
     version: str = VERSION
+    extensions: ExtensionHost | None = None
     started: bool = field(default=False, init=False)
 
     def engine_services(self) -> EngineServices:
         """The engine's view of the context; output settings are read fresh for every job."""
         outputs = OutputSaver(self.paths.outputs_dir, self.options.as_dict())
-        return EngineServices(self.models, self.samplers, self.options, outputs, self.upscalers, self.version)
+        host = self.extensions
+        return EngineServices(
+            self.models, self.samplers, self.options, outputs, self.upscalers, self.version,
+            hooks=host.hooks if host else None, wrap_denoiser=host.wrap_denoiser if host else None,
+        )  # fmt: skip
 
     def submit_generation(self, params: GenerationParams) -> Job:
         """Queue a txt2img/img2img job; its result is a :class:`Processed`."""
@@ -64,16 +70,22 @@ class AppContext:
         if not self.started:
             self.queue.start()
             self.started = True
+            if self.extensions is not None:
+                self.extensions.fire("app_started", context=self)
 
     def close(self) -> None:
         """Stop the worker and free models."""
         if self.started:
             self.queue.stop(timeout=10)
             self.started = False
+        if self.extensions is not None:
+            self.extensions.unload_all()
         self.models.close()
 
 
-def build_context(flags: Flags, root: Path, *, options: Options | None = None) -> AppContext:
+def build_context(
+    flags: Flags, root: Path, *, options: Options | None = None, load_extensions: bool = True
+) -> AppContext:
     """Compose the application from parsed flags; ``root`` is the repository (default data dir)."""
     paths = Paths.from_flags(flags, root).ensure()
     opts = options or Options(paths.config_file)
@@ -84,4 +96,8 @@ def build_context(flags: Flags, root: Path, *, options: Options | None = None) -
     models = ModelManager(paths, policy, extra_checkpoints=extra, limits=limits, vae_path=vae_path)
     samplers, schedules = create_registries()
     queue = JobQueue(preview_every_n_steps=lambda: int(opts.get("show_progress_every_n_steps", 10)) if opts.get("live_previews_enable", True) else 0)
-    return AppContext(flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue)
+    ctx = AppContext(flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue)
+    if load_extensions:
+        ctx.extensions = ExtensionHost.from_context(ctx)
+        ctx.extensions.load_all()
+    return ctx

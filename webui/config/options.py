@@ -67,6 +67,10 @@ OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "show_progress_every_n_steps": 10,
         "live_preview_content": "Prompt",
         "show_progress_type": "Approx cheap",
+        # API
+        "api_enable_requests": False,
+        "api_max_request_mb": 64,
+        "api_max_pixels": 16777216,
         # limits
         "max_image_size": 4096,
         "max_batch_count": 100,

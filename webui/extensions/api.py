@@ -267,7 +267,11 @@ class ExtensionAPI:
     # --- HTTP routes and UI ---------------------------------------------------------------------------
 
     def add_api_route(self, path: str, fn: Callable[..., Any], methods: Iterable[str] = ("GET",)) -> str:
-        """Serve ``fn`` at ``/ext/<id><path>``; returns that full path."""
+        """Serve ``fn`` at ``/ext/<id><path>``; returns that full path.
+
+        ``fn`` may take ``body`` (the decoded JSON body of POST/PUT/PATCH) and ``query`` (a dict of the query
+        string) as keyword arguments; its return value is sent as JSON.
+        """
         if not isinstance(path, str) or not ROUTE_PATTERN.match(path) or ".." in path:
             raise InvalidParameter("route", f"route path {path!r} must look like '/name' or '/a/{{item}}'")
         verbs = tuple(m.upper() for m in methods)

@@ -1,0 +1,1 @@
+"""The ``/sdapi/v1`` routes, grouped by what they do."""
