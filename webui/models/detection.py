@@ -72,9 +72,15 @@ class ModelSpec:
         return self.family in ("sdxl", "sdxl_refiner")
 
     @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell (8 for real SD VAEs; the VAE's number of levels decides)."""
+        levels = len((self.vae or {}).get("block_out_channels", (1, 2, 3, 4)))
+        return 2 ** (levels - 1)
+
+    @property
     def native_size(self) -> int:
-        """Native image size in pixels (``sample_size`` of the UNet times 8)."""
-        return int(self.unet.get("sample_size", 64)) * 8
+        """Native image size in pixels (``sample_size`` of the UNet times the latent factor)."""
+        return int(self.unet.get("sample_size", 64)) * self.latent_factor
 
 
 def _indices(shapes: Shapes, pattern: str) -> list[int]:
@@ -350,6 +356,13 @@ def _header_prediction(shapes: Shapes, metadata: Mapping[str, str]) -> str | Non
     return None
 
 
+def _metadata_resolution(metadata: Mapping[str, str]) -> int | None:
+    """The training resolution from Stability's ``modelspec.resolution`` metadata ("1024x1024")."""
+    value = str(metadata.get("modelspec.resolution", ""))
+    width, sep, _height = value.partition("x")
+    return int(width) if sep and width.isdigit() and int(width) > 0 else None
+
+
 def read_yaml_override(checkpoint: Path) -> dict[str, Any] | None:
     """The ``<checkpoint>.yaml`` beside a checkpoint (A1111's per-model config), if there is one."""
     for candidate in (checkpoint.with_suffix(".yaml"), checkpoint.with_suffix(".yml")):
@@ -384,6 +397,10 @@ def detect(
     unet = infer_unet_config(shapes, family, yaml_unet)
     if family == "sd2" and prediction == "v_prediction":
         unet["sample_size"] = 96
+    vae = infer_vae_config(shapes, family, float(scale) if (scale := params.get("scale_factor")) else None)
+    resolution = _metadata_resolution(metadata)
+    if resolution and vae:
+        unet["sample_size"] = resolution // 2 ** (len(vae["block_out_channels"]) - 1)
     encoders = infer_text_encoders(shapes, family)
     if family in ("sdxl", "sdxl_refiner"):
         adm_in = _need(shapes, UNET + "label_emb.0.0.weight")[1]
@@ -406,7 +423,6 @@ def detect(
         raise UnknownArchitecture(
             f"UNet cross-attention width {unet_context} does not match the text encoder width {text_width}"
         )
-    scale = params.get("scale_factor")
     scheduler = {
         "num_train_timesteps": int(params.get("timesteps", 1000)),
         "beta_start": float(params.get("linear_start", 0.00085)),
@@ -420,7 +436,7 @@ def detect(
         inpaint=unet["in_channels"] == 9,
         zero_terminal_snr=ztsnr,
         unet=unet,
-        vae=infer_vae_config(shapes, family, float(scale) if scale else None),
+        vae=vae,
         text_encoders=encoders,
         scheduler=scheduler,
     )
