@@ -92,12 +92,22 @@ def build_context(
     policy = choose_policy(flags)
     extra = tuple(p for p in (resolve_path(flags.ckpt, paths.data_dir),) if p is not None and p.exists())
     vae_path = resolve_path(flags.vae_path, paths.data_dir)
-    limits = CacheLimits(on_device=int(opts.get("sd_checkpoints_limit", 1)), in_ram=int(opts.get("sd_checkpoint_cache", 0)))
+    limits = CacheLimits(
+        on_device=int(opts.get("sd_checkpoints_limit", 1)), in_ram=int(opts.get("sd_checkpoint_cache", 0))
+    )
     models = ModelManager(paths, policy, extra_checkpoints=extra, limits=limits, vae_path=vae_path)
     samplers, schedules = create_registries()
-    queue = JobQueue(preview_every_n_steps=lambda: int(opts.get("show_progress_every_n_steps", 10)) if opts.get("live_previews_enable", True) else 0)
-    ctx = AppContext(flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue)
+    queue = JobQueue(
+        preview_every_n_steps=lambda: (
+            int(opts.get("show_progress_every_n_steps", 10)) if opts.get("live_previews_enable", True) else 0
+        )
+    )
+    ctx = AppContext(
+        flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue
+    )
     if load_extensions:
-        ctx.extensions = ExtensionHost.from_context(ctx)
-        ctx.extensions.load_all()
+        host = ExtensionHost.from_context(ctx)
+        ctx.extensions = host
+        models.on_loaded = lambda model: host.fire("model_loaded", model=model)
+        host.load_all()
     return ctx

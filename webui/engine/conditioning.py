@@ -34,9 +34,13 @@ class ScheduledCond:
     steps: tuple[tuple[int, CondTensors], ...]
 
     def at(self, step: int) -> CondTensors:
-        """The conditioning in force at sampling step ``step`` (0-based)."""
+        """The conditioning in force at sampling step ``step`` (0-based).
+
+        As in A1111, an entry covers steps up to and *including* its ``end_at`` on the 0-based counter, so
+        ``[a:b:5]`` uses ``a`` for steps 0..5; images then match A1111's for the same seed.
+        """
         for end_at, cond in self.steps:
-            if step < end_at:
+            if step <= end_at:
                 return cond
         return self.steps[-1][1]
 
@@ -107,14 +111,19 @@ class TextConditioner:
         multipliers = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=device)
         sdxl = self.family in ("sdxl", "sdxl_refiner")
         out = encoder(input_ids=ids, output_hidden_states=True)
+        # A1111 applies clip skip to SD1 only: SD2 always uses its (already penultimate) last layer and
+        # SDXL the penultimate layer of each encoder.
         if sdxl:
-            z = out.hidden_states[-(self.clip_skip + 1)]
-        elif self.clip_skip > 1:
+            z = out.hidden_states[-2]
+        elif self.clip_skip > 1 and self.family == "sd1":
             z = out.hidden_states[-self.clip_skip]
             z = getattr(encoder, "text_model", encoder).final_layer_norm(z)
         else:
             z = out.last_hidden_state
-        z = apply_emphasis(z, multipliers, self.emphasis)
+        # the "Original" emphasis keeps the mean of each 77-token chunk, as A1111 encodes chunk by chunk
+        z = torch.cat(
+            [apply_emphasis(z[i : i + 1], multipliers[i : i + 1], self.emphasis) for i in range(len(chunks))]
+        )
         pooled = None
         if sdxl and hasattr(out, "text_embeds"):
             pooled = out.text_embeds[0]
@@ -131,10 +140,14 @@ class TextConditioner:
         for prompt in prompts:
             clean, _networks = parse_extra_networks(prompt)
             parts = split_and_prompts(clean) or [("", 1.0)]
-            result.append(ImageCond(tuple((self.scheduled(text, steps, hires_steps), float(w)) for text, w in parts)))
+            result.append(
+                ImageCond(tuple((self.scheduled(text, steps, hires_steps), float(w)) for text, w in parts))
+            )
         return result
 
-    def negative_conds(self, prompts: list[str], steps: int, hires_steps: int | None = None) -> list[ScheduledCond]:
+    def negative_conds(
+        self, prompts: list[str], steps: int, hires_steps: int | None = None
+    ) -> list[ScheduledCond]:
         """Per-image negative conditioning (no AND, as in A1111)."""
         out = []
         for prompt in prompts:

@@ -11,6 +11,10 @@ from PIL import Image
 from webui.engine.errors import InvalidParameter
 
 MAX_STEPS = 1000
+# A1111's numbered choices (kept here, not imported from the torch-side modules, so the UI and API can
+# validate without torch)
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+INPAINTING_FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
 
 
 @dataclass
@@ -92,7 +96,9 @@ def _finite(name: str, value: float) -> float:
     return v
 
 
-def validate(p: GenerationParams, *, max_size: int = 4096, max_batch_size: int = 64, max_batch_count: int = 100) -> None:
+def validate(
+    p: GenerationParams, *, max_size: int = 4096, max_batch_size: int = 64, max_batch_count: int = 100
+) -> None:
     """Check every field; raises :class:`InvalidParameter` naming the first bad one."""
     if p.mode not in ("txt2img", "img2img"):
         raise InvalidParameter("mode", f"must be txt2img or img2img, got {p.mode!r}")
@@ -116,7 +122,10 @@ def validate(p: GenerationParams, *, max_size: int = 4096, max_batch_size: int =
     for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "initial_noise_multiplier"):
         if getattr(p, name) is not None:
             _finite(name, getattr(p, name))
-    if p.denoising_strength is not None and not 0.0 <= _finite("denoising_strength", p.denoising_strength) <= 1.0:
+    if (
+        p.denoising_strength is not None
+        and not 0.0 <= _finite("denoising_strength", p.denoising_strength) <= 1.0
+    ):
         raise InvalidParameter("denoising_strength", f"must be between 0 and 1, got {p.denoising_strength}")
     if p.clip_skip is not None and not 1 <= int(p.clip_skip) <= 12:
         raise InvalidParameter("clip_skip", f"must be from 1 to 12, got {p.clip_skip}")
@@ -139,9 +148,18 @@ def validate(p: GenerationParams, *, max_size: int = 4096, max_batch_size: int =
                 raise InvalidParameter("mask", "the mask must be an image")
             if p.mask.size != p.init_images[0].size:
                 raise InvalidParameter(
-                    "mask", f"mask is {p.mask.width}x{p.mask.height} but the image is "
-                    f"{p.init_images[0].width}x{p.init_images[0].height}"
+                    "mask",
+                    f"mask is {p.mask.width}x{p.mask.height} but the image is "
+                    f"{p.init_images[0].width}x{p.init_images[0].height}",
                 )
+        if p.resize_mode not in range(len(RESIZE_MODES)):
+            valid = ", ".join(f"{i} ({name})" for i, name in enumerate(RESIZE_MODES))
+            raise InvalidParameter("resize_mode", f"unknown resize mode {p.resize_mode!r}; valid: {valid}")
+        if p.inpainting_fill not in range(len(INPAINTING_FILL_MODES)):
+            valid = ", ".join(f"{i} ({name})" for i, name in enumerate(INPAINTING_FILL_MODES))
+            raise InvalidParameter(
+                "inpainting_fill", f"unknown masked content {p.inpainting_fill!r}; valid: {valid}"
+            )
         if p.mask_blur < 0:
             raise InvalidParameter("mask_blur", "must not be negative")
         if p.inpaint_full_res_padding < 0:

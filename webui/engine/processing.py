@@ -60,6 +60,8 @@ class EngineServices:
     outputs: OutputSaver | None
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry.with_builtins)
     version: str = "v0.1.0"
+    hooks: Any = None  # a hook bus (fire / pipe); extensions subscribe through their facade
+    wrap_denoiser: Callable[[Any], Any] | None = None  # extension denoiser wrappers, in declared order
 
 
 @dataclass
@@ -83,8 +85,10 @@ class Processed:
 class _Progress:
     """Maps sampler callbacks of every pass to one job-wide step count and previews."""
 
-    def __init__(self, job: JobContext | None, total: int, family: str) -> None:
-        self.job, self.total, self.done, self.family = job, total, 0, family
+    def __init__(
+        self, job: JobContext | None, total: int, family: str, on_step: Callable[..., Any] | None = None
+    ) -> None:
+        self.job, self.total, self.done, self.family, self.on_step = job, total, 0, family, on_step
 
     def callback(self, tracker: StepTracker) -> Callable[[dict[str, Any]], None]:
         base = self.done
@@ -92,9 +96,15 @@ class _Progress:
         def cb(d: dict[str, Any]) -> None:
             tracker.step = int(d["i"]) + 1
             self.done = base + tracker.step
+            if self.on_step is not None:
+                self.on_step(step=self.done, total=self.total, **d)
             if self.job is not None:
                 denoised = d.get("denoised")
-                preview = (lambda: latent_preview(denoised[0].float().cpu(), self.family)) if denoised is not None else None
+                preview = (
+                    (lambda: latent_preview(denoised[0].float().cpu(), self.family))
+                    if denoised is not None
+                    else None
+                )
                 self.job.report_step(min(self.done, self.total), self.total, preview)
 
         return cb
@@ -132,7 +142,11 @@ def vae_decode(model: Any, latents: torch.Tensor) -> list[Image.Image]:
 def _sampler_options(sampler: SamplerInfo, p: GenerationParams, opts: Any) -> dict[str, Any]:
     wanted: dict[str, Any] = {}
     if sampler.uses_eta:
-        eta = p.eta if p.eta is not None else (opts.get("eta_ddim") if sampler.label == "DDIM" else opts.get("eta_ancestral"))
+        eta = (
+            p.eta
+            if p.eta is not None
+            else (opts.get("eta_ddim") if sampler.label == "DDIM" else opts.get("eta_ancestral"))
+        )
         wanted["eta"] = float(eta)
     for name in ("s_churn", "s_tmin", "s_tmax", "s_noise"):
         value = getattr(p, name)
@@ -157,7 +171,9 @@ class _Pass:
 class Generator:
     """Runs :class:`GenerationParams` on the active model. One instance per job."""
 
-    def __init__(self, services: EngineServices, params: GenerationParams, job: JobContext | None = None) -> None:
+    def __init__(
+        self, services: EngineServices, params: GenerationParams, job: JobContext | None = None
+    ) -> None:
         self.s = services
         self.p = params
         self.job = job
@@ -165,16 +181,32 @@ class Generator:
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------------------------------------
+    def _pipe(self, hook: str, value: Any, **payload: Any) -> Any:
+        """Pass ``value`` through extension hooks (a no-op without a hook bus)."""
+        return value if self.s.hooks is None else self.s.hooks.pipe(hook, value, **payload)
+
+    def _fire(self, hook: str, **payload: Any) -> None:
+        if self.s.hooks is not None:
+            self.s.hooks.fire(hook, **payload)
+
     def run(self) -> Processed:
         """Generate every image of the job; interrupted jobs return the finished images."""
+        self.extra: dict[str, Any] = {}
+        self.p = self._pipe("before_process", self.p, extra_generation_params=self.extra)
         p, opts = self.p, self.opts
         validate(p, max_size=int(opts.get("max_image_size", 4096)), max_batch_size=int(opts.get("max_batch_size", 64)),
                  max_batch_count=int(opts.get("max_batch_count", 100)))  # fmt: skip
         sampler, schedule = self.s.samplers.resolve(p.sampler_name, p.scheduler)
         self.model = model = self.s.models.load()
         if p.mode == "txt2img" and p.enable_hr:
-            hr_name = p.hr_sampler_name if p.hr_sampler_name not in (None, "", "Use same sampler") else p.sampler_name
-            hr_sched = p.hr_scheduler if p.hr_scheduler not in (None, "", "Use same scheduler") else p.scheduler
+            hr_name = (
+                p.hr_sampler_name
+                if p.hr_sampler_name not in (None, "", "Use same sampler")
+                else p.sampler_name
+            )
+            hr_sched = (
+                p.hr_scheduler if p.hr_scheduler not in (None, "", "Use same scheduler") else p.scheduler
+            )
             self.hr_sampler, self.hr_schedule = self.s.samplers.resolve(hr_name, hr_sched)
             if p.hr_upscaler not in LATENT_UPSCALE_MODES:
                 self.s.upscalers.get(p.hr_upscaler, "hr_upscaler")
@@ -191,8 +223,11 @@ class Generator:
         self.inner = UNetDenoiser(model.unet, self.schedule, model.spec.prediction_type, model.dtype)
         if p.is_img2img:
             self._prepare_img2img()
-        steps_per_batch = self._steps_first_pass() + (self._hires_steps() if p.enable_hr and not p.is_img2img else 0)
-        self.progress = _Progress(self.job, steps_per_batch * p.n_iter, model.spec.family)
+        steps_per_batch = self._steps_first_pass() + (
+            self._hires_steps() if p.enable_hr and not p.is_img2img else 0
+        )
+        on_step = (lambda **d: self._fire("on_step", job=self.job, **d)) if self.s.hooks is not None else None
+        self.progress = _Progress(self.job, steps_per_batch * p.n_iter, model.spec.family, on_step)
 
         result = Processed([], [], [], [], [], [], warnings=self.warnings)
         for n in range(p.n_iter):
@@ -207,6 +242,7 @@ class Generator:
             except (JobInterrupted, JobCancelled):
                 result.interrupted = True
                 break
+            images = self._pipe("after_decode", images, params=p, seeds=self.seeds[lo:hi])
             for k, image in enumerate(images):
                 self._finish_image(result, image, lo + k, n, k)
         self._grid(result)
@@ -215,11 +251,14 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------------
     def _steps_first_pass(self) -> int:
+        """Sampler steps of the first pass: img2img runs ``int(strength * steps) + 1`` as A1111 does."""
         p = self.p
         if not p.is_img2img:
             return p.steps
-        strength = self._strength()
-        return p.steps if self.opts.get("img2img_fix_steps") else int(min(strength, 0.999) * p.steps)
+        strength = min(self._strength(), 0.999)
+        if strength <= 0:
+            return 0
+        return p.steps if self.opts.get("img2img_fix_steps") else int(strength * p.steps) + 1
 
     def _hires_steps(self) -> int:
         return self.p.hr_second_pass_steps or self.p.steps
@@ -238,8 +277,11 @@ class Generator:
             discard_penultimate_sigma=True if o.get("always_discard_next_to_last_sigma") else None,
         ).to(self.model.device)  # fmt: skip
 
-    def _img2img_sigmas(self, sampler: SamplerInfo, schedule: ScheduleInfo, steps: int, strength: float, fixed: bool) -> torch.Tensor:
-        """A1111's img2img rule: run ``int(strength * steps)`` of ``steps`` (or exactly ``steps`` when fixed)."""
+    def _img2img_sigmas(
+        self, sampler: SamplerInfo, schedule: ScheduleInfo, steps: int, strength: float, fixed: bool
+    ) -> torch.Tensor:
+        """A1111's img2img rule: the last ``int(strength * steps) + 1`` steps of a ``steps``-step schedule
+        (or exactly ``steps`` steps of a longer schedule when fixed)."""
         strength = min(strength, 0.999)
         if fixed:
             full, t_enc = int(steps / strength) if strength > 0 else 0, steps - 1
@@ -252,23 +294,38 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------------
     def _sample(
-        self, x: torch.Tensor, sigmas: torch.Tensor, sampler: SamplerInfo, denoiser: CFGDenoiser, noise: ImageNoise, seeds: list[int]
+        self,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        sampler: SamplerInfo,
+        denoiser: CFGDenoiser,
+        noise: ImageNoise,
+        seeds: list[int],
     ) -> torch.Tensor:
         if len(sigmas) < 2:
             return x
         options = _sampler_options(sampler, self.p, self.opts)
         if sampler.brownian_noise:
             positive = sigmas[sigmas > 0]
-            options["noise_sampler"] = BrownianTreeNoiseSampler(x, float(positive.min()), float(sigmas.max()), seed=list(seeds))
+            options["noise_sampler"] = BrownianTreeNoiseSampler(
+                x, float(positive.min()), float(sigmas.max()), seed=list(seeds)
+            )
         elif sampler.ancestral or sampler.stochastic or sampler.uses_eta:
             options["noise_sampler"] = noise.noise_sampler
         callback = self.progress.callback(denoiser.tracker)
-        return sampler.function(denoiser, x, sigmas, extra_args={}, callback=callback, disable=True, **options)
+        model = self.s.wrap_denoiser(denoiser) if self.s.wrap_denoiser is not None else denoiser
+        return sampler.function(model, x, sigmas, extra_args={}, callback=callback, disable=True, **options)
 
-    def _conds(self, lo: int, hi: int, steps: int, prompts: list[str] | None = None, negatives: list[str] | None = None):
+    def _conds(
+        self, lo: int, hi: int, steps: int, prompts: list[str] | None = None, negatives: list[str] | None = None,
+        hires_steps: int | None = None,
+    ):  # fmt: skip
         prompts = prompts or self.prompts[lo:hi]
         negatives = negatives if negatives is not None else self.negatives[lo:hi]
-        return self.conditioner.image_conds(prompts, steps), self.conditioner.negative_conds(negatives, steps)
+        return (
+            self.conditioner.image_conds(prompts, steps, hires_steps),
+            self.conditioner.negative_conds(negatives, steps, hires_steps),
+        )
 
     def _time_ids(self, n: int, width: int, height: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         spec = self.model.spec
@@ -284,14 +341,23 @@ class Generator:
         neg = torch.tensor([height, width, top, left, lo_score], dtype=torch.float32).repeat(n, 1)
         return pos, neg
 
-    def _denoiser(self, conds, unconds, width: int, height: int, image_cond: torch.Tensor | None) -> CFGDenoiser:
+    def _denoiser(
+        self, conds, unconds, width: int, height: int, image_cond: torch.Tensor | None
+    ) -> CFGDenoiser:
         pos, neg = self._time_ids(len(conds), width, height)
         return CFGDenoiser(
             self.inner, conds, unconds, float(self.p.cfg_scale), StepTracker(),
             time_ids=pos, time_ids_uncond=neg, image_cond=image_cond,
         )  # fmt: skip
 
-    def _inpaint_model_cond(self, n: int, width: int, height: int, pixels: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    def _inpaint_model_cond(
+        self,
+        n: int,
+        width: int,
+        height: int,
+        pixels: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """The 5 extra input channels of an inpainting UNet: mask and masked-image latents."""
         if not self.model.spec.inpaint:
             return None
@@ -337,24 +403,34 @@ class Generator:
         p = self.p
         width, height = p.hires_size()
         if p.hr_upscaler in LATENT_UPSCALE_MODES:
-            latents = upscale_latent(samples, p.hr_upscaler, width, height, latent_factor=self.model.latent_factor)
+            latents = upscale_latent(
+                samples, p.hr_upscaler, width, height, latent_factor=self.model.latent_factor
+            )
             pixels = None
         else:
-            images = [resize_image(0, im, width, height, p.hr_upscaler, registry=self.s.upscalers) for im in vae_decode(self.model, samples)]
+            images = [
+                resize_image(0, im, width, height, p.hr_upscaler, registry=self.s.upscalers)
+                for im in vae_decode(self.model, samples)
+            ]
             latents = vae_encode(self.model, images)
             pixels = _to_tensor(images, self.model.device, torch.float32)
         steps = self._hires_steps()
         prompts = [p.hr_prompt or q for q in self.prompts[lo:hi]]
         negatives = [p.hr_negative_prompt or q for q in self.negatives[lo:hi]]
-        conds, unconds = self._conds(lo, hi, steps, prompts, negatives)
+        # A1111 schedules hires prompts over both passes: "[a:b:0.5]" is finished, "[a:b:1.5]" is halfway
+        conds, unconds = self._conds(lo, hi, p.steps, prompts, negatives, hires_steps=steps)
         n = hi - lo
         image_cond = None
         if self.model.spec.inpaint:
             if pixels is None:
                 pixels = _to_tensor(vae_decode(self.model, latents), self.model.device, torch.float32)
-            image_cond = self._inpaint_model_cond(n, width, height, pixels, torch.ones(n, 1, height, width, device=self.model.device))
+            image_cond = self._inpaint_model_cond(
+                n, width, height, pixels, torch.ones(n, 1, height, width, device=self.model.device)
+            )
         denoiser = self._denoiser(conds, unconds, width, height, image_cond)
-        sigmas = self._img2img_sigmas(self.hr_sampler, self.hr_schedule, steps, self._hires_strength(), fixed=True)
+        sigmas = self._img2img_sigmas(
+            self.hr_sampler, self.hr_schedule, steps, self._hires_strength(), fixed=True
+        )
         noise = self._noise(self.seeds[lo:hi], self.subseeds[lo:hi], width, height)
         x = latents + noise.first() * sigmas[0]
         samples = self._sample(x, sigmas, self.hr_sampler, denoiser, noise, self.seeds[lo:hi])
@@ -371,7 +447,12 @@ class Generator:
         if p.mask is not None:
             mask = prepare_mask(p.mask, invert=bool(p.inpainting_mask_invert), blur=p.mask_blur)
             if p.inpaint_full_res:
-                self.crop_box = masked_region(prepare_mask(p.mask, bool(p.inpainting_mask_invert), 0), p.inpaint_full_res_padding, p.width, p.height)
+                self.crop_box = masked_region(
+                    prepare_mask(p.mask, bool(p.inpainting_mask_invert), 0),
+                    p.inpaint_full_res_padding,
+                    p.width,
+                    p.height,
+                )
                 if self.crop_box is None:
                     raise InvalidParameter("mask", "the mask is empty: nothing to inpaint")
                 self.mask_overlay = overlay_mask(mask, only_masked=True)
@@ -393,7 +474,9 @@ class Generator:
         self.mask = mask
         if p.resize_mode == 3:  # latent upscale: encode at the image's own size, then scale the latent
             latents = vae_encode(self.model, prepared)
-            self.init_latents = upscale_latent(latents, "Latent", p.width, p.height, latent_factor=self.model.latent_factor)
+            self.init_latents = upscale_latent(
+                latents, "Latent", p.width, p.height, latent_factor=self.model.latent_factor
+            )
             prepared = [im.resize((p.width, p.height)) for im in prepared]
         else:
             self.init_latents = vae_encode(self.model, prepared)
@@ -415,15 +498,25 @@ class Generator:
     def _img2img_batch(self, lo: int, hi: int, noise: ImageNoise) -> list[Image.Image]:
         p = self.p
         n = hi - lo
-        steps_for_prompts = self._steps_first_pass() or 1
-        conds, unconds = self._conds(lo, hi, steps_for_prompts)
+        # prompt editing counts over the requested steps, as in A1111, not over the steps actually run
+        conds, unconds = self._conds(lo, hi, p.steps)
         init, pixels = self._init_for(n)
         if self.pixel_mask is not None:
-            image_cond = self._inpaint_model_cond(n, p.width, p.height, pixels, self.pixel_mask.expand(n, -1, -1, -1))
+            image_cond = self._inpaint_model_cond(
+                n, p.width, p.height, pixels, self.pixel_mask.expand(n, -1, -1, -1)
+            )
         else:
-            image_cond = self._inpaint_model_cond(n, p.width, p.height, pixels, torch.ones(n, 1, p.height, p.width, device=self.model.device))
+            image_cond = self._inpaint_model_cond(
+                n, p.width, p.height, pixels, torch.ones(n, 1, p.height, p.width, device=self.model.device)
+            )
         denoiser = self._denoiser(conds, unconds, p.width, p.height, image_cond)
-        sigmas = self._img2img_sigmas(self.sampler, self.schedule_info, p.steps, self._strength(), bool(self.opts.get("img2img_fix_steps")))
+        sigmas = self._img2img_sigmas(
+            self.sampler,
+            self.schedule_info,
+            p.steps,
+            self._strength(),
+            bool(self.opts.get("img2img_fix_steps")),
+        )
         first = noise.first()
         if self.latent_repaint is not None:
             init = fill_latent(init, self.latent_repaint, p.inpainting_fill, first)
@@ -434,7 +527,11 @@ class Generator:
                 return keep_latent * (1 - repaint) + denoised * repaint
 
             denoiser.post_denoise.append(blend)
-        multiplier = p.initial_noise_multiplier if p.initial_noise_multiplier is not None else float(self.opts.get("initial_noise_multiplier", 1.0))
+        multiplier = (
+            p.initial_noise_multiplier
+            if p.initial_noise_multiplier is not None
+            else float(self.opts.get("initial_noise_multiplier", 1.0))
+        )
         x = init + first * sigmas[0] * multiplier
         samples = self._sample(x, sigmas, self.sampler, denoiser, noise, self.seeds[lo:hi])
         if self.latent_repaint is not None:
@@ -466,7 +563,9 @@ class Generator:
             "vae": vae.path.name if vae else None,
             "variation_seed": self.subseeds[index] if p.subseed_strength > 0 else None,
             "variation_seed_strength": p.subseed_strength,
-            "seed_resize_from": (p.seed_resize_from_w, p.seed_resize_from_h) if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
+            "seed_resize_from": (p.seed_resize_from_w, p.seed_resize_from_h)
+            if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0
+            else None,
             "clip_skip": self.clip_skip,
             "ensd": int(self.opts.get("eta_noise_seed_delta", 0)) or None,
             "emphasis": str(self.opts.get("emphasis", "Original")),
@@ -491,11 +590,16 @@ class Generator:
                 "hires_resize": (w, h) if (p.hr_resize_x or p.hr_resize_y) else None,
                 "hires_steps": p.hr_second_pass_steps,
                 "hires_upscaler": p.hr_upscaler,
-                "hires_sampler": self.hr_sampler.label if self.hr_sampler.label != self.sampler.label else None,
+                "hires_sampler": self.hr_sampler.label
+                if self.hr_sampler.label != self.sampler.label
+                else None,
                 "hires_prompt": p.hr_prompt or None,
                 "hires_negative_prompt": p.hr_negative_prompt or None,
             }
-        return format_infotext(self.prompts[index], self.negatives[index], generation_params(**params))
+        extra = {**self.p.extra, **self.extra} if (self.p.extra or self.extra) else None
+        return format_infotext(
+            self.prompts[index], self.negatives[index], generation_params(**params, extra=extra)
+        )
 
     def _name_context(self, index: int, iteration: int, batch_index: int) -> FileNameContext:
         p, model = self.p, self.model
@@ -508,25 +612,42 @@ class Generator:
             denoising_strength=p.denoising_strength,
         )  # fmt: skip
 
-    def _finish_image(self, result: Processed, image: Image.Image, index: int, iteration: int, batch_index: int) -> None:
+    def _finish_image(
+        self, result: Processed, image: Image.Image, index: int, iteration: int, batch_index: int
+    ) -> None:
         infotext = self._infotext(index)
+        image = self._pipe("before_image_saved", image, infotext=infotext, params=self.p, index=index)
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(self.seeds[index])
         result.subseeds.append(self.subseeds[index])
         result.prompts.append(self.prompts[index])
         result.negative_prompts.append(self.negatives[index])
-        if self.s.outputs is not None and self.opts.get("samples_save", True) and not self.p.do_not_save_samples:
+        if (
+            self.s.outputs is not None
+            and self.opts.get("samples_save", True)
+            and not self.p.do_not_save_samples
+        ):
             kind = "img2img" if self.p.is_img2img else "txt2img"
-            result.paths.append(self.s.outputs.save_image(image, kind, self._name_context(index, iteration, batch_index), infotext))
+            path = self.s.outputs.save_image(
+                image, kind, self._name_context(index, iteration, batch_index), infotext
+            )
+            result.paths.append(path)
+            self._fire(
+                "after_image_saved", image=image, path=path, infotext=infotext, params=self.p, index=index
+            )
 
     def _grid(self, result: Processed) -> None:
         if len(result.images) < 2:
             return
-        result.grid = image_grid(result.images, batch_size=self.p.batch_size, n_rows=int(self.opts.get("n_rows", -1)))
+        result.grid = image_grid(
+            result.images, batch_size=self.p.batch_size, n_rows=int(self.opts.get("n_rows", -1))
+        )
         if self.s.outputs is not None and self.opts.get("grid_save", True) and not self.p.do_not_save_grid:
             kind = "img2img" if self.p.is_img2img else "txt2img"
-            result.grid_path = self.s.outputs.save_grid(result.grid, kind, self._name_context(0, 0, 0), result.infotexts[0])
+            result.grid_path = self.s.outputs.save_grid(
+                result.grid, kind, self._name_context(0, 0, 0), result.infotexts[0]
+            )
 
     def _info(self, result: Processed, seed: int, subseed: int) -> dict[str, Any]:
         p, model = self.p, self.model
@@ -556,7 +677,7 @@ class Generator:
             "seed_resize_from_w": p.seed_resize_from_w,
             "seed_resize_from_h": p.seed_resize_from_h,
             "denoising_strength": p.denoising_strength,
-            "extra_generation_params": {},
+            "extra_generation_params": {**p.extra, **self.extra},
             "index_of_first_image": 0,
             "infotexts": result.infotexts,
             "styles": p.styles,

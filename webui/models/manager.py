@@ -65,7 +65,7 @@ class ModelManager:
         self.hashes = HashCache(paths.hash_cache_file)
         self._extra = tuple(extra_checkpoints)
         self._vae_path = vae_path
-        self._on_loaded = on_loaded
+        self.on_loaded = on_loaded
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._checkpoints: list[CheckpointInfo] = []
@@ -214,8 +214,8 @@ class ModelManager:
                 model.load_seconds,
                 self.policy.device,
             )
-        if self._on_loaded is not None:
-            self._on_loaded(model)
+        if self.on_loaded is not None:
+            self.on_loaded(model)
         return model
 
     def _cpu_policy(self) -> DevicePolicy:
