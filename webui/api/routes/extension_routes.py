@@ -22,7 +22,9 @@ def build_extension_router(ctx: AppContext) -> APIRouter:
     """The ``/ext/{ext_id}/{path}`` dispatcher over ``ctx.extensions``."""
     router = APIRouter(prefix=EXTENSION_PREFIX)
 
-    @router.api_route("/{ext_id}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @router.api_route(
+        "/{ext_id}/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False
+    )
     async def dispatch(ext_id: str, path: str, request: Request) -> Any:
         host = ctx.extensions
         spec = host.route(ext_id, path, request.method) if host is not None else None
