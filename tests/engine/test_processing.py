@@ -564,3 +564,14 @@ def test_hires_pass_sees_first_pass_prompt_edits_as_finished(services: EngineSer
     assert np.array_equal(pixels(edited.images[0]), pixels(explicit.images[0]))
     # ... while one above 1 still applies in it (here: "red" up to hires step 1 of 2)
     assert not np.array_equal(pixels(edited.images[0]), pixels(halfway.images[0]))
+
+
+@pytest.mark.parametrize(("method", "full_size"), [("Full", True), ("Approx cheap", False)])
+def test_live_preview_method(sd1_context: AppContext, method: str, full_size: bool):
+    services = engine_services(sd1_context, show_progress_type=method)
+    job = Job("txt2img", lambda ctx: None)
+    generate(services, params(steps=2, width=64, height=64), JobContext(job, preview_every_n_steps=1))
+    preview = job.progress.preview
+    assert isinstance(preview, Image.Image), "no preview was produced"
+    # "Full" decodes with the VAE (image size); the cheap approximation is at latent resolution
+    assert (preview.size == (64, 64)) is full_size

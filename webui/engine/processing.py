@@ -86,9 +86,21 @@ class _Progress:
     """Maps sampler callbacks of every pass to one job-wide step count and previews."""
 
     def __init__(
-        self, job: JobContext | None, total: int, family: str, on_step: Callable[..., Any] | None = None
+        self,
+        job: JobContext | None,
+        total: int,
+        family: str,
+        on_step: Callable[..., Any] | None = None,
+        decode: Callable[[torch.Tensor], Image.Image] | None = None,
     ) -> None:
         self.job, self.total, self.done, self.family, self.on_step = job, total, 0, family, on_step
+        self.decode = decode  # full VAE decode for previews ("Full"); None: cheap linear approximation
+
+    def preview(self, denoised: torch.Tensor) -> Image.Image:
+        """The live preview of the first image of the batch."""
+        if self.decode is not None:
+            return self.decode(denoised[:1])
+        return latent_preview(denoised[0].float().cpu(), self.family)
 
     def callback(self, tracker: StepTracker) -> Callable[[dict[str, Any]], None]:
         base = self.done
@@ -100,11 +112,7 @@ class _Progress:
                 self.on_step(step=self.done, total=self.total, **d)
             if self.job is not None:
                 denoised = d.get("denoised")
-                preview = (
-                    (lambda: latent_preview(denoised[0].float().cpu(), self.family))
-                    if denoised is not None
-                    else None
-                )
+                preview = (lambda: self.preview(denoised)) if denoised is not None else None
                 self.job.report_step(min(self.done, self.total), self.total, preview)
 
         return cb
@@ -227,7 +235,9 @@ class Generator:
             self._hires_steps() if p.enable_hr and not p.is_img2img else 0
         )
         on_step = (lambda **d: self._fire("on_step", job=self.job, **d)) if self.s.hooks is not None else None
-        self.progress = _Progress(self.job, steps_per_batch * p.n_iter, model.spec.family, on_step)
+        full = str(opts.get("show_progress_type", "Approx cheap")) == "Full"
+        decode = (lambda z: vae_decode(model, z)[0]) if full else None
+        self.progress = _Progress(self.job, steps_per_batch * p.n_iter, model.spec.family, on_step, decode)
 
         result = Processed([], [], [], [], [], [], warnings=self.warnings)
         for n in range(p.n_iter):
