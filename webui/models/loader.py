@@ -61,7 +61,8 @@ class LoadedModel:
     def to(self, device: torch.device) -> LoadedModel:
         """Move all components to ``device`` (in place); returns ``self``."""
         for m in self.modules():
-            m.to(device)
+            if next(m.parameters()).device != device:
+                m.to(device)
         self.device = device
         return self
 
@@ -182,12 +183,12 @@ def build_from_state_dict(
     folder = ensure_config_folder(config_root, spec)
     state = dict(state)
     unet = UNet2DConditionModel.from_single_file(
-        state, config=str(folder), subfolder="unet", torch_dtype=dtype, local_files_only=True
+        state, config=str(folder), subfolder="unet", torch_dtype=_cast(dtype), local_files_only=True
     )
     vae = None
     if spec.vae is not None:
         vae = AutoencoderKL.from_single_file(
-            state, config=str(folder), subfolder="vae", torch_dtype=dtype, local_files_only=True
+            state, config=str(folder), subfolder="vae", torch_dtype=_cast(dtype), local_files_only=True
         )
     encoders: list[torch.nn.Module] = []
     tokenizers: list[Any] = []
@@ -205,6 +206,11 @@ def build_from_state_dict(
         if module is not None:
             _check_no_meta(module, name)
     return unet, vae, tuple(encoders), tuple(tokenizers)
+
+
+def _cast(dtype: torch.dtype) -> torch.dtype | None:
+    """diffusers' single-file loaders warn on any explicit dtype; fp32 is what they build anyway."""
+    return None if dtype == torch.float32 else dtype
 
 
 def _check_no_meta(module: torch.nn.Module, name: str) -> None:
@@ -234,7 +240,7 @@ def load_vae_file(vae: VaeInfo, spec: ModelSpec, config_root: Path, dtype: torch
         config["scaling_factor"] = spec.vae.get("scaling_factor", config["scaling_factor"])
     folder = ensure_config_folder(config_root, spec, vae_config=config)
     model = AutoencoderKL.from_single_file(
-        state, config=str(folder), subfolder="vae", torch_dtype=dtype, local_files_only=True
+        state, config=str(folder), subfolder="vae", torch_dtype=_cast(dtype), local_files_only=True
     )
     _check_no_meta(model, "vae")
     return model
