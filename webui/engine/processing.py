@@ -136,13 +136,18 @@ def vae_encode(model: Any, images: list[Image.Image]) -> torch.Tensor:
     return latent.float() * float(model.vae.config.scaling_factor)
 
 
+VAE_DECODE_MAX_PIXELS = 2 * 1024 * 1024  # per decode call: 8 images at 512x512, 2 at 1024x1024
+
+
 @torch.no_grad()
 def vae_decode(model: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """Scaled latents -> PIL images, one image at a time to bound VRAM."""
+    """Scaled latents -> PIL images, decoded in chunks of at most :data:`VAE_DECODE_MAX_PIXELS` to bound VRAM."""
     out = []
     scale = float(model.vae.config.scaling_factor)
-    for i in range(latents.shape[0]):
-        z = (latents[i : i + 1] / scale).to(device=model.device, dtype=model.vae_dtype)
+    pixels = latents.shape[-1] * latents.shape[-2] * model.latent_factor**2
+    chunk = max(1, VAE_DECODE_MAX_PIXELS // pixels)
+    for i in range(0, latents.shape[0], chunk):
+        z = (latents[i : i + chunk] / scale).to(device=model.device, dtype=model.vae_dtype)
         out.extend(_to_images(model.vae.decode(z).sample))
     return out
 
