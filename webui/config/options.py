@@ -71,6 +71,9 @@ OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "api_enable_requests": False,
         "api_max_request_mb": 64,
         "api_max_pixels": 16777216,
+        # extensions
+        "extensions_index_url": "",
+        "disabled_extensions": [],
         # limits
         "max_image_size": 4096,
         "max_batch_count": 100,
