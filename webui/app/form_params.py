@@ -15,7 +15,7 @@ from PIL import Image
 from webui.engine.errors import InvalidParameter
 from webui.engine.images import RESIZE_MODES
 from webui.engine.masks import INPAINTING_FILL_MODES
-from webui.engine.params import GenerationParams
+from webui.engine.params import GenerationParams, finite_number
 from webui.infotext.parse import infotext_to_params, parse_generation_parameters
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
@@ -68,13 +68,7 @@ def as_int(field: str, value: Any) -> int:
 
 def as_float(field: str, value: Any) -> float:
     """A numeric form value; text or nothing raises :class:`InvalidParameter`."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(field, f"must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise InvalidParameter(field, f"must be a finite number, got {value!r}")
-    return number
+    return finite_number(field, value)
 
 
 def choice_index(field: str, value: Any, choices: Sequence[str]) -> int:

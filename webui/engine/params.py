@@ -86,7 +86,8 @@ class GenerationParams:
         return self.hr_resize_x, self.hr_resize_y
 
 
-def _finite(name: str, value: float) -> float:
+def finite_number(name: str, value: object) -> float:
+    """``value`` as a finite float; anything else raises :class:`InvalidParameter` naming ``name``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -112,25 +113,25 @@ def validate(
             raise InvalidParameter(name, f"must be a multiple of 8, got {v}")
     if not isinstance(p.steps, int) or p.steps < 1 or p.steps > MAX_STEPS:
         raise InvalidParameter("steps", f"must be an integer from 1 to {MAX_STEPS}, got {p.steps!r}")
-    _finite("cfg_scale", p.cfg_scale)
+    finite_number("cfg_scale", p.cfg_scale)
     if not 1 <= p.batch_size <= max_batch_size:
         raise InvalidParameter("batch_size", f"must be from 1 to {max_batch_size}, got {p.batch_size}")
     if not 1 <= p.n_iter <= max_batch_count:
         raise InvalidParameter("n_iter", f"must be from 1 to {max_batch_count}, got {p.n_iter}")
-    if not 0.0 <= _finite("subseed_strength", p.subseed_strength) <= 1.0:
+    if not 0.0 <= finite_number("subseed_strength", p.subseed_strength) <= 1.0:
         raise InvalidParameter("subseed_strength", f"must be between 0 and 1, got {p.subseed_strength}")
     for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "initial_noise_multiplier"):
         if getattr(p, name) is not None:
-            _finite(name, getattr(p, name))
+            finite_number(name, getattr(p, name))
     if (
         p.denoising_strength is not None
-        and not 0.0 <= _finite("denoising_strength", p.denoising_strength) <= 1.0
+        and not 0.0 <= finite_number("denoising_strength", p.denoising_strength) <= 1.0
     ):
         raise InvalidParameter("denoising_strength", f"must be between 0 and 1, got {p.denoising_strength}")
     if p.clip_skip is not None and not 1 <= int(p.clip_skip) <= 12:
         raise InvalidParameter("clip_skip", f"must be from 1 to 12, got {p.clip_skip}")
     if p.enable_hr and not p.is_img2img:
-        if _finite("hr_scale", p.hr_scale) <= 0:
+        if finite_number("hr_scale", p.hr_scale) <= 0:
             raise InvalidParameter("hr_scale", "must be positive")
         w, h = p.hires_size()
         if not (64 <= w <= max_size and 64 <= h <= max_size):
