@@ -7,14 +7,17 @@ sampler/schedule/upscaler registries, the output saver and the job queue with it
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from webui.config.flags import Flags, resolve_path
 from webui.config.options import Options
 from webui.config.paths import Paths
+from webui.engine.errors import InvalidParameter
 from webui.engine.images import UpscalerRegistry
-from webui.engine.jobs import Job, JobQueue
+from webui.engine.jobs import Job, JobContext, JobQueue
 from webui.engine.outputs import OutputSaver
 from webui.engine.params import GenerationParams
 from webui.engine.processing import EngineServices, Processed, generate
@@ -44,9 +47,10 @@ class AppContext:
     extensions: ExtensionHost | None = None
     started: bool = field(default=False, init=False)
 
-    def engine_services(self) -> EngineServices:
-        """The engine's view of the context; output settings are read fresh for every job."""
-        outputs = OutputSaver(self.paths.outputs_dir, self.options.as_dict())
+    def engine_services(self, folder: str | None = None) -> EngineServices:
+        """The engine's view of the context; output settings are read fresh for every job. ``folder``
+        (relative to the outputs folder) takes every image of the job instead of the per-kind folders."""
+        outputs = OutputSaver(self.paths.outputs_dir, self.options.as_dict(), folder=folder)
         host = self.extensions
         return EngineServices(
             self.models, self.samplers, self.options, outputs, self.upscalers, self.version,
@@ -56,10 +60,35 @@ class AppContext:
     def submit_generation(self, params: GenerationParams) -> Job:
         """Queue a txt2img/img2img job; its result is a :class:`Processed`."""
 
+        self.check_extension_args(params)
+
         def run(job_ctx: object) -> Processed:
             return generate(self.engine_services(), params, job_ctx)  # type: ignore[arg-type]
 
         return self.queue.submit(Job(params.mode, run, payload=params))
+
+    def check_extension_args(self, params: GenerationParams, trusted: str | None = None) -> None:
+        """Check ``params.extension_args`` against the extensions' controls, filling in their defaults."""
+        if self.extensions is not None:
+            params.extension_args = self.extensions.extension_args(params.extension_args, trusted)
+        elif params.extension_args:
+            raise InvalidParameter("extension_args", "extensions are disabled in this session")
+
+    def submit_job(self, kind: str, fn: Callable[[JobContext], Any]) -> Job:
+        """Queue ``fn(job_context)`` on the GPU worker (extension jobs: progress, previews, interrupt)."""
+        return self.queue.submit(Job(kind, fn))
+
+    def generate_in_job(
+        self,
+        params: GenerationParams,
+        job: JobContext | None,
+        folder: str | None = None,
+        owner: str | None = None,
+    ) -> Processed:
+        """Run a generation right now, from inside a job that is already on the worker (``owner``: the
+        extension running it, whose own ``extension_args`` entry it checks itself)."""
+        self.check_extension_args(params, owner)
+        return generate(self.engine_services(folder), params, job)
 
     def submit(self, kind: str, fn: object) -> Job:
         """Queue any GPU work (model switches, extension jobs) behind the jobs already waiting."""

@@ -177,4 +177,6 @@ def test_nowebui_serves_the_api_alone_on_7861(make_context: ContextFactory) -> N
         r = httpx.get(f"{server.url}/samplers", timeout=10)
         assert r.status_code == 200
         assert httpx.get(f"http://{server.host}:{server.port}/", timeout=10).status_code == 404
-    assert all(path.startswith((API, "/docs", "/openapi", "/ext/")) for path, _ in _all_routes(create_app(ctx)))
+    assert all(
+        path.startswith((API, "/docs", "/openapi", "/ext/")) for path, _ in _all_routes(create_app(ctx))
+    )

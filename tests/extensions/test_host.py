@@ -158,7 +158,7 @@ def test_extension_args_and_controls_are_validated(tmp_path):
         ("setup-error", {"main.py": "def setup(api):\n    raise RuntimeError('boom in setup')\n"},
          manifest("setup-error"), "RuntimeError: boom in setup"),
         ("old-facade", {"main.py": "def setup(api):\n    pass\n"}, manifest("old-facade", facade=">=2"),
-         "needs facade version >=2; this app provides 1.0"),
+         "needs facade version >=2; this app provides 1.1"),
         ("no-setup", {"main.py": "X = 1\n"}, manifest("no-setup"), "has no function setup()"),
         ("bad-manifest", {"main.py": ""}, {"id": "Bad Id!"}, "invalid manifest"),
         ("no-manifest", {"main.py": ""}, None, "no extension.toml or extension.json"),

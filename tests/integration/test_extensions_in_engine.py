@@ -74,7 +74,12 @@ def small(**kw: object) -> GenerationParams:
 
 def test_hooks_wrappers_and_routes_act_on_real_jobs(ctx: AppContext) -> None:
     statuses = {e.id: e.status for e in ctx.extensions.list()}
-    assert statuses == {"probe": "loaded", "boom": "loaded", "extra-samplers": "loaded"}
+    assert statuses == {
+        "probe": "loaded",
+        "boom": "loaded",
+        "extra-samplers": "loaded",
+        "disco-mode": "loaded",
+    }
 
     result = ctx.submit_generation(small(sampler_name="Euler")).wait(120)
     infotext = read_infotext(result.paths[0])
@@ -114,3 +119,105 @@ def test_failing_hook_fails_its_job_and_disables_the_extension(ctx: AppContext) 
     ctx.extensions.disable("probe")
     plain = ctx.submit_generation(small()).wait(120)
     assert "Probe" not in parse_generation_parameters(plain.infotexts[0])
+
+
+GUIDE = """
+    import torch
+
+    seen = {}
+
+    def setup(api):
+        api.add_ui_section("txt2img", "Guide", [
+            {"name": "strength", "kind": "slider", "default": 0.0, "minimum": 0, "maximum": 1},
+        ])
+
+        def factory(model, sampling):
+            strength = api.values(sampling.extension_args)["strength"]
+            if strength == 0:
+                return model
+            seen["steps"] = len(sampling.sigmas) - 1
+            seen["seeds"] = list(sampling.seeds)
+
+            def guided(x, sigma, **kw):
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_()
+                    x0 = model(x, sigma, **kw)
+                    rgb = sampling.decode(x0)
+                    approx = sampling.decode_approx(x0)
+                    seen["rgb"] = tuple(rgb.shape)
+                    seen["approx"] = tuple(approx.shape)
+                    grad = torch.autograd.grad(rgb.mean(), x)[0]
+                seen["grad_finite"] = bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+                return x0.detach() + strength
+
+            return guided
+
+        api.add_denoiser_wrapper(factory, order=10, with_context=True)
+
+        def job(run):
+            done = run.generate({"prompt": "a job", "steps": 2, "width": 64, "height": 64, "seed": 9},
+                                extension_args={"guide": {"strength": 0.5}}, folder="guide-images/run1")
+            for step in range(1, 4):
+                run.report(step, 3)
+            return {"paths": [str(p) for p in done.paths], "seeds": list(done.seeds)}
+
+        api.add_api_route("/seen", lambda: {k: list(v) if isinstance(v, tuple) else v for k, v in seen.items()})
+        api.add_api_route("/run", lambda: {"job": api.submit_job(job, label="run").id}, methods=("POST",))
+"""
+
+
+@pytest.fixture()
+def guide_ctx(tmp_path: Path) -> Iterator[AppContext]:
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    write_tiny_checkpoint(tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1")
+    write_extension(
+        tmp_path / "extensions", "guide", manifest("guide", facade=">=1.1,<2"), {"main.py": GUIDE}
+    )
+    context = build_context(parse_flags(["--data-dir", str(tmp_path), "--api"]), tmp_path)
+    context.start()
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def test_context_wrapper_gets_job_values_sigmas_and_differentiable_decoders(guide_ctx: AppContext) -> None:
+    client = TestClient(create_app(guide_ctx))
+    body = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 4, "sampler_name": "Euler"}
+    plain = client.post("/sdapi/v1/txt2img", json=body)
+    assert plain.status_code == 200, plain.text
+    assert client.get("/ext/guide/seen").json() == {}  # strength 0: the wrapper stays out
+    guided = client.post(
+        "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"guide": {"args": {"strength": 0.2}}}}
+    )
+    assert guided.status_code == 200, guided.text
+    seen = client.get("/ext/guide/seen").json()
+    assert seen == {
+        "steps": 3,
+        "seeds": [4],
+        "rgb": [1, 3, 64, 64],
+        "approx": [1, 3, 64, 64],
+        "grad_finite": True,
+    }
+    assert guided.json()["images"][0] != plain.json()["images"][0]
+    bad = client.post(
+        "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"guide": {"args": {"strenght": 1}}}}
+    )
+    assert bad.status_code == 422 and "strenght" in bad.text
+    unknown = client.post(
+        "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"nope": {"args": {"a": 1}}}}
+    )
+    assert unknown.status_code == 422 and "nope" in unknown.text
+
+
+def test_extension_job_runs_generation_into_its_own_folder(guide_ctx: AppContext) -> None:
+    client = TestClient(create_app(guide_ctx))
+    job_id = client.post("/ext/guide/run").json()["job"]
+    job = guide_ctx.queue.get(job_id)
+    result = job.wait(120)
+    paths = [Path(p) for p in result["paths"]]
+    assert len(paths) == 1 and paths[0].is_file()
+    assert paths[0].parent == guide_ctx.paths.outputs_dir / "guide-images" / "run1"
+    assert result["seeds"] == [9]
+    assert "a job" in (read_infotext(paths[0]) or "")
+    assert client.get("/ext/guide/seen").json()["steps"] == 2

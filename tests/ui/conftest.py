@@ -59,8 +59,9 @@ class RunningServer:
         self.ctx.close()
 
 
-def start_server(data_dir: Path, *, load_model: bool = True) -> RunningServer:
-    """Build a context over ``data_dir`` and serve ``create_app(ctx)`` on a free port."""
+def start_server(data_dir: Path, *, load_model: bool = True, root: Path | None = None) -> RunningServer:
+    """Build a context over ``data_dir`` and serve ``create_app(ctx)`` on a free port (``root``: the
+    folder whose ``extensions/`` are built in, e.g. the repository for the shipped extensions)."""
     import uvicorn
 
     from webui.config.flags import parse_flags
@@ -68,7 +69,7 @@ def start_server(data_dir: Path, *, load_model: bool = True) -> RunningServer:
     from webui.server import create_app, load_initial_model
 
     ctx = build_context(
-        parse_flags(["--data-dir", str(data_dir), "--use-cpu", "all", "--theme", "light"]), data_dir
+        parse_flags(["--data-dir", str(data_dir), "--use-cpu", "all", "--theme", "light"]), root or data_dir
     )
     ctx.start()
     if load_model:

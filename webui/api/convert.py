@@ -120,10 +120,18 @@ def unsupported_warnings(req: GenerationRequest) -> list[str]:
         warn("script_name", f"scripts are not supported yet (asked for {req.script_name!r})")
     if req.script_args:
         warn("script_args", "scripts are not supported yet")
-    if req.alwayson_scripts:
+    positional = [
+        str(name)
+        for name, entry in (req.alwayson_scripts or {}).items()
+        if not (isinstance(entry, dict) and isinstance(entry.get("args"), dict))
+        and entry not in ({}, None)
+        and not (isinstance(entry, dict) and entry.get("args") in ([], None))
+    ]
+    if positional:
         warn(
             "alwayson_scripts",
-            f"scripts are not supported yet (asked for {', '.join(map(str, req.alwayson_scripts))})",
+            f"positional script args are not supported (for {', '.join(positional)}); "
+            'pass {"args": {control name: value}} to an extension',
         )
     if req.s_min_uncond:
         warn("s_min_uncond", "skipping the negative prompt at low sigmas is not supported yet")
@@ -227,7 +235,22 @@ def _base_params(req: GenerationRequest, mode: str, view: EngineView) -> Generat
         do_not_save_samples=not save or bool(req.do_not_save_samples),
         do_not_save_grid=not save or bool(req.do_not_save_grid),
         denoising_strength=req.denoising_strength,
+        extension_args=extension_args(req.alwayson_scripts),
     )
+
+
+def extension_args(scripts: Any) -> dict[str, dict[str, Any]]:
+    """Extension values from A1111's ``alwayson_scripts``: ``{"<extension id>": {"args": {control: value}}}``.
+
+    Entries whose ``args`` is an object become the job's ``extension_args`` (the host checks ids, control
+    names and values when the job is submitted). A1111's positional ``args`` lists cannot be matched to
+    controls safely; :func:`unsupported_warnings` reports them."""
+    result: dict[str, dict[str, Any]] = {}
+    for ext_id, entry in (scripts or {}).items():
+        args = entry.get("args") if isinstance(entry, dict) else None
+        if isinstance(args, dict):
+            result[str(ext_id)] = dict(args)
+    return result
 
 
 def _txt2img_fields(p: GenerationParams, req: Txt2ImgRequest) -> None:

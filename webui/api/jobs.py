@@ -89,5 +89,6 @@ def submit_generation(
     """Queue a txt2img / img2img job, with settings overrides for this job only."""
     if not overrides and job_id is None:
         return ctx.submit_generation(params)
+    ctx.check_extension_args(params)
     run = _run_with_overrides(ctx, params, overrides or {}, restore_afterwards)
     return ctx.queue.submit(Job(params.mode, run, payload=params, job_id=job_id))

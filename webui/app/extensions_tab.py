@@ -60,7 +60,9 @@ def build_extensions_tab(ui: UiServices) -> None:
             table = gr.Dataframe(installed_rows(ui), headers=INSTALLED_HEADERS, interactive=False,
                                  elem_id="extensions_installed", wrap=True)  # fmt: skip
             with gr.Row():
-                chosen = gr.Dropdown(ids, value=ids[0] if ids else None, label="Extension", elem_id="extensions_chosen")
+                chosen = gr.Dropdown(
+                    ids, value=ids[0] if ids else None, label="Extension", elem_id="extensions_chosen"
+                )
                 enable = gr.Button("Enable", elem_id="extensions_enable")
                 disable = gr.Button("Disable", elem_id="extensions_disable")
                 apply = gr.Button("Apply (reload)", elem_id="extensions_apply")
@@ -83,7 +85,9 @@ def build_extensions_tab(ui: UiServices) -> None:
             with gr.Row():
                 load = gr.Button("Load from:", elem_id="extensions_index_load")
                 query = gr.Textbox(label="Search", elem_id="extensions_search")
-            available = gr.Dataframe([], headers=AVAILABLE_HEADERS, interactive=False, elem_id="extensions_available")
+            available = gr.Dataframe(
+                [], headers=AVAILABLE_HEADERS, interactive=False, elem_id="extensions_available"
+            )
             available_status = gr.HTML("", elem_id="extensions_available_status")
 
     def do(fn: Callable[[Any, str], str]) -> Callable[[str], tuple[str, list[list[Any]], Any]]:
@@ -93,7 +97,9 @@ def build_extensions_tab(ui: UiServices) -> None:
     enable.click(do(lambda h, i: f"enabled {h.enable(i).id}: {h.get(i).status}"), chosen, outputs)
     disable.click(do(lambda h, i: f"disabled {h.disable(i).id}"), chosen, outputs)
     apply.click(do(lambda h, i: f"reloaded {h.reload(i).id}: {h.get(i).status}"), chosen, outputs)
-    check.click(do(lambda h, i: "an update is available" if h.check_for_updates(i) else "up to date"), chosen, outputs)
+    check.click(
+        do(lambda h, i: "an update is available" if h.check_for_updates(i) else "up to date"), chosen, outputs
+    )
     update.click(do(lambda h, i: f"updated {h.update(i).id} to {h.get(i).commit or '?'}"), chosen, outputs)
     remove.click(do(lambda h, i: (h.uninstall(i), f"uninstalled {i}")[1]), chosen, outputs)
     refresh.click(lambda: ("", installed_rows(ui), gr.update(choices=[r[1] for r in installed_rows(ui)])),
@@ -105,7 +111,10 @@ def build_extensions_tab(ui: UiServices) -> None:
                 raise ValueError("enter the git URL of the extension")
             done = host.install(url.strip(), branch.strip() or None, folder.strip() or None)
             tail = f" ({done.error})" if done.error else ""
-            return f"installed {done.name} into {done.path}: {done.status}{tail}. Reload the page to use it."
+            return (
+                f"installed {done.name} into {done.path}: {done.status}{tail}. Reload the page for its samplers; "
+                "its tabs and sections appear after a restart."
+            )
 
         return _action(ui, go)
 
@@ -122,7 +131,10 @@ def build_extensions_tab(ui: UiServices) -> None:
         installed = host.installed_urls() if host else set()
         from webui.extensions.git import normalize_url
 
-        rows = [[e.name, e.url, e.description, ", ".join(e.tags), normalize_url(e.url) in installed] for e in entries]
+        rows = [
+            [e.name, e.url, e.description, ", ".join(e.tags), normalize_url(e.url) in installed]
+            for e in entries
+        ]
         return rows, _ok(f"{len(rows)} extensions")
 
     load.click(load_available, [index_source, query], [available, available_status])
@@ -130,10 +142,16 @@ def build_extensions_tab(ui: UiServices) -> None:
 
 
 def build_extension_tabs(ui: UiServices) -> None:
-    """Tabs that loaded extensions add (``api.add_ui_tab``); a failing builder disables its extension."""
+    """Tabs that loaded extensions add (``api.add_ui_form_tab`` and ``api.add_ui_tab``); a failing builder
+    disables its extension."""
+    from webui.app.extension_forms import build_form_tab
+
     host = ui.ctx.extensions
     if host is None:
         return
+    for form in host.form_tabs():
+        with gr.Tab(form.title, elem_id=f"tab_ext_{form.owner}"):
+            build_form_tab(ui, form)
     for tab in host.ui_tabs():
         with gr.Tab(tab.title, elem_id=f"tab_ext_{tab.owner}"):
             try:

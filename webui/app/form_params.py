@@ -52,6 +52,8 @@ PASTE_FIELDS = (
     "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert",
 )  # fmt: skip
 
+EXTENSION_PREFIX = "ext:"  # form keys of extension controls: ext:<extension id>:<control name>
+
 
 def as_int(field: str, value: Any) -> int:
     """An integer form value; a fraction, text or nothing raises :class:`InvalidParameter`."""
@@ -78,6 +80,21 @@ def choice_index(field: str, value: Any, choices: Sequence[str]) -> int:
     raise InvalidParameter(field, f"unknown value {value!r}; valid: {', '.join(choices)}")
 
 
+def extension_args(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{extension id: {control: value}}`` from the form's ``ext:<id>:<name>`` values.
+
+    Gradio numbers and sliders arrive as floats; whole numbers become ints so integer controls check."""
+    result: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if not key.startswith(EXTENSION_PREFIX):
+            continue
+        owner, _, name = key[len(EXTENSION_PREFIX) :].partition(":")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        result.setdefault(owner, {})[name] = value
+    return result
+
+
 def generation_params(mode: str, values: Mapping[str, Any]) -> GenerationParams:
     """Build the request of a Generate click from ``{GenerationParams field: form value}``.
 
@@ -102,6 +119,7 @@ def generation_params(mode: str, values: Mapping[str, Any]) -> GenerationParams:
             fields[name] = -1
     p = GenerationParams(mode=mode, **fields)
     p.styles = [str(s) for s in values.get("styles") or []]
+    p.extension_args = extension_args(values)
     if mode == "txt2img":
         p.enable_hr = bool(values.get("enable_hr", False))
         if p.enable_hr:

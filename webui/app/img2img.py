@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, PngImagePlugin
 
+from webui.app.extension_sections import build_extension_sections
 from webui.app.form_params import INPAINT_AREAS, MASK_MODES, mask_from_layers, scaled_size
 from webui.app.generation import wire_generation
 from webui.app.generation_controls import build_batch_and_cfg, build_sampling, build_seed
@@ -98,6 +99,7 @@ def build_img2img(ui: UiServices) -> Img2ImgTab:
                                                      label="Denoising strength", elem_id="img2img_denoising_strength"),
                      "Denoising strength")  # fmt: skip
             seeds = build_seed(form)
+            build_extension_sections(form)
         with gr.Column(scale=1):
             results = build_results(form.tab)
     images = (

@@ -122,11 +122,13 @@ def zip_paths(paths: list[Path]) -> Path:
 
 
 def results_state(processed: Any) -> dict[str, Any]:
-    """The gallery's state from a :class:`Processed`: the grid (when there is one) first, as A1111 shows."""
+    """The gallery's state from a :class:`Processed` (or an extension job's result with ``images``,
+    ``infotexts``, ``seeds`` and ``paths``): the grid (when there is one) first, as A1111 shows."""
     images, infotexts = list(processed.images), list(processed.infotexts)
-    seeds, subseeds = list(processed.seeds), list(processed.subseeds)
+    seeds = list(processed.seeds)
+    subseeds = list(getattr(processed, "subseeds", seeds))  # extension results have no subseeds or grid
     paths = [str(p) for p in processed.paths]
-    if processed.grid is not None and images:
+    if getattr(processed, "grid", None) is not None and images:
         images.insert(0, processed.grid)
         infotexts.insert(0, infotexts[0])
         seeds.insert(0, seeds[0])
@@ -173,7 +175,7 @@ def finished_update(ui: UiServices, panel: ResultsPanel, job: Any, progress: str
     update[panel.infotext] = selected_infotext(state)
     update[panel.folder] = str(Path(state["paths"][-1]).parent) if state["paths"] else ""
     update[panel.download] = gr.update(visible=False, value=None)
-    notes = "".join(f"<p>{w}</p>" for w in processed.warnings)
+    notes = "".join(f"<p>{w}</p>" for w in getattr(processed, "warnings", ()))
     update[panel.progress] = progress + notes
     if state["infotexts"]:
         write_params_file(ui, state["infotexts"][0])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from webui.app.extension_sections import build_extension_sections
 from webui.app.generation import wire_generation
 from webui.app.generation_controls import (
     build_batch_and_cfg,
@@ -39,6 +40,7 @@ def build_txt2img(ui: UiServices) -> Txt2ImgTab:
             build_size(form)
             build_batch_and_cfg(form)
             seeds = build_seed(form)
+            build_extension_sections(form)
         with gr.Column(scale=1):
             results = build_results(form.tab)
     wire_generation(form, row, results, seeds)

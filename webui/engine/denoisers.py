@@ -27,7 +27,9 @@ class StepTracker:
 class UNetDenoiser:
     """A UNet as an x0-predictor in sigma space (VE form ``x = x0 + sigma * eps``)."""
 
-    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction_type: str, dtype: torch.dtype):
+    def __init__(
+        self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction_type: str, dtype: torch.dtype
+    ):
         self.unet = unet
         self.schedule = schedule
         self.v_prediction = prediction_type == "v_prediction"
@@ -52,7 +54,9 @@ class UNetDenoiser:
         kwargs = {}
         if added_cond is not None:
             kwargs["added_cond_kwargs"] = {k: v.to(self.dtype) for k, v in added_cond.items()}
-        out = self.unet(inp.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype), **kwargs).sample.float()
+        out = self.unet(
+            inp.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype), **kwargs
+        ).sample.float()
         if self.v_prediction:
             return x * (1.0 / (s**2 + 1.0)) - out * (s / torch.sqrt(s**2 + 1.0))
         return x - out * s
@@ -84,7 +88,9 @@ class CFGDenoiser:
     time_ids: torch.Tensor | None = None  # SDXL size/crop ids per image [B, n]
     time_ids_uncond: torch.Tensor | None = None
     image_cond: torch.Tensor | None = None  # inpainting-model channels per image [B, 5, h, w]
-    post_denoise: list[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    post_denoise: list[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = field(
+        default_factory=list
+    )
     max_rows: int = 16
 
     def _needs_uncond(self) -> bool:

@@ -29,7 +29,9 @@ def target_size(image: Image.Image, p: ExtrasParams) -> tuple[int, int]:
     if p.resize_mode == 0:
         if not 0 < p.upscaling_resize <= 8:
             raise InvalidParameter("upscaling_resize", f"must be in (0, 8], got {p.upscaling_resize}")
-        return max(1, round(image.width * p.upscaling_resize)), max(1, round(image.height * p.upscaling_resize))
+        return max(1, round(image.width * p.upscaling_resize)), max(
+            1, round(image.height * p.upscaling_resize)
+        )
     if p.resize_mode == 1:
         for name in ("upscaling_resize_w", "upscaling_resize_h"):
             v = getattr(p, name)

@@ -333,9 +333,16 @@ class OutputSaver:
     (``samples_format``, ``samples_filename_pattern``, ``save_to_dirs``, ``jpeg_quality`` ...).
     """
 
-    def __init__(self, root: Path, settings: object | None = None) -> None:
+    def __init__(self, root: Path, settings: object | None = None, folder: str | None = None) -> None:
+        """``folder``: one folder under ``root`` (e.g. ``"disco-images/run1"``) that takes the images and
+        grids of every kind, instead of A1111's per-kind folders and their date subfolders."""
         self.root = Path(root)
         self.settings = OutputSettings.from_settings(settings)
+        if folder is not None:
+            parts = [part for part in re.split(r"[\\/]+", folder) if part]
+            if not parts or any(part in (".", "..") or _safe_name(part) != part for part in parts):
+                raise InvalidParameter("folder", f"{folder!r} is not a plain relative folder name")
+        self.folder = folder
 
     def _folder(self, base: str, use_dirs: bool, namer: FileNamer) -> Path:
         folder = self.root / base
@@ -404,10 +411,10 @@ class OutputSaver:
             pattern = ""
         return self._save(
             image,
-            IMAGE_FOLDERS[kind],
+            self.folder or IMAGE_FOLDERS[kind],
             "",
             pattern,
-            s.save_to_dirs,
+            s.save_to_dirs and self.folder is None,
             extension or s.samples_format,
             context,
             infotext,
@@ -430,10 +437,10 @@ class OutputSaver:
             pattern = s.samples_filename_pattern or "[seed]-[prompt_spaces]"
         return self._save(
             image,
-            GRID_FOLDERS[kind],
+            self.folder or GRID_FOLDERS[kind],
             "grid",
             pattern,
-            s.grid_save_to_dirs,
+            s.grid_save_to_dirs and self.folder is None,
             extension or s.grid_format,
             context,
             infotext,

@@ -69,6 +69,8 @@ class GenerationParams:
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # values of extensions' controls, {extension id: {control name: value}} (checked by the extension host)
+    extension_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_img2img(self) -> bool:

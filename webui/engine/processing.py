@@ -43,6 +43,7 @@ from webui.engine.outputs import FileNameContext, OutputSaver
 from webui.engine.params import GenerationParams, validate
 from webui.engine.samplers.noise import BrownianTreeNoiseSampler
 from webui.engine.samplers.registry import SamplerInfo, SamplerRegistry, ScheduleInfo, prepare_sigmas
+from webui.engine.sampling_context import SamplingContext
 from webui.engine.seeds import ImageNoise, image_seeds, resolve_seed
 from webui.infotext.format import format_infotext, generation_params
 
@@ -61,7 +62,8 @@ class EngineServices:
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry.with_builtins)
     version: str = "v0.1.0"
     hooks: Any = None  # a hook bus (fire / pipe); extensions subscribe through their facade
-    wrap_denoiser: Callable[[Any], Any] | None = None  # extension denoiser wrappers, in declared order
+    # extension denoiser wrappers, in declared order: wrap_denoiser(model, sampling_context) -> model
+    wrap_denoiser: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -205,7 +207,9 @@ class Generator:
     def run(self) -> Processed:
         """Generate every image of the job; interrupted jobs return the finished images."""
         self.extra: dict[str, Any] = {}
-        self.p = self._pipe("before_process", self.p, extra_generation_params=self.extra)
+        self.p = self._pipe(
+            "before_process", self.p, extension_args=self.p.extension_args, extra_generation_params=self.extra
+        )
         p, opts = self.p, self.opts
         validate(p, max_size=int(opts.get("max_image_size", 4096)), max_batch_size=int(opts.get("max_batch_size", 64)),
                  max_batch_count=int(opts.get("max_batch_count", 100)))  # fmt: skip
@@ -328,8 +332,18 @@ class Generator:
         elif sampler.ancestral or sampler.stochastic or sampler.uses_eta:
             options["noise_sampler"] = noise.noise_sampler
         callback = self.progress.callback(denoiser.tracker)
-        model = self.s.wrap_denoiser(denoiser) if self.s.wrap_denoiser is not None else denoiser
+        model = denoiser
+        if self.s.wrap_denoiser is not None:
+            model = self.s.wrap_denoiser(denoiser, self._sampling_context(x, sigmas, seeds))
         return sampler.function(model, x, sigmas, extra_args={}, callback=callback, disable=True, **options)
+
+    def _sampling_context(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int]) -> SamplingContext:
+        job = self.job
+        return SamplingContext(
+            params=self.p, sigmas=sigmas, family=self.model.spec.family, latent_factor=self.model.latent_factor,
+            device=x.device, dtype=x.dtype, seeds=tuple(int(s) for s in seeds), vae=self.model.vae,
+            report_text=(job.set_textinfo if job is not None else (lambda _text: None)),
+        )  # fmt: skip
 
     def _conds(
         self, lo: int, hi: int, steps: int, prompts: list[str] | None = None, negatives: list[str] | None = None,

@@ -56,7 +56,9 @@ class StyleDatabase:
                 for row in csv.DictReader(f, skipinitialspace=True):
                     name = (row.get("name") or "").strip()
                     if name:
-                        styles[name] = PromptStyle(name, row.get("prompt") or row.get("text") or "", row.get("negative_prompt") or "")
+                        styles[name] = PromptStyle(
+                            name, row.get("prompt") or row.get("text") or "", row.get("negative_prompt") or ""
+                        )
         with self._lock:
             self._styles = styles
 
@@ -71,7 +73,9 @@ class StyleDatabase:
         with self._lock:
             style = self._styles.get(name)
         if style is None:
-            raise InvalidParameter("styles", f"unknown style {name!r}; valid: {', '.join(self.styles) or 'none'}")
+            raise InvalidParameter(
+                "styles", f"unknown style {name!r}; valid: {', '.join(self.styles) or 'none'}"
+            )
         return style
 
     def apply_styles_to_prompt(self, prompt: str, names: list[str]) -> str:

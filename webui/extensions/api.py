@@ -41,6 +41,7 @@ from webui.engine.samplers.step_math import (
     sigma_batch,
     to_d,
 )
+from webui.engine.sampling_context import SamplingContext
 from webui.extensions.contributions import (
     HTTP_METHODS,
     ROUTE_PATTERN,
@@ -48,6 +49,7 @@ from webui.extensions.contributions import (
     Contributions,
     ControlSpec,
     DenoiserWrapper,
+    FormTab,
     InfotextField,
     RouteSpec,
     SettingSpec,
@@ -57,9 +59,10 @@ from webui.extensions.contributions import (
 )
 from webui.extensions.guards import guard_sampler
 from webui.extensions.hooks import HOOK_NAMES, ExtensionError, FailureHandler, HookBus
+from webui.extensions.runs import ExtensionRun, GenerationResult, JobHandle, output_folder
 from webui.extensions.services import HostServices
 
-FACADE_VERSION = "1.0"
+FACADE_VERSION = "1.1"
 
 __all__ = [
     "FACADE_VERSION",
@@ -69,12 +72,16 @@ __all__ = [
     "Denoiser",
     "ExtensionAPI",
     "ExtensionError",
+    "ExtensionRun",
+    "GenerationResult",
     "GeneratorNoiseSampler",
     "InvalidParameter",
     "JobCancelled",
+    "JobHandle",
     "LazyNoise",
     "NoiseSampler",
     "SamplerInfo",
+    "SamplingContext",
     "ScheduleInfo",
     "StepCallback",
     "Upscaler",
@@ -187,13 +194,20 @@ class ExtensionAPI:
         except ValueError as exc:
             raise InvalidParameter("upscaler", str(exc)) from None
 
-    def add_denoiser_wrapper(self, factory: Callable[[Denoiser], Denoiser], order: int = 0) -> None:
-        """Wrap the denoiser of every job: ``factory(model) -> model`` where ``model(x, sigma, **cond) -> x0``.
+    def add_denoiser_wrapper(
+        self, factory: Callable[..., Denoiser], order: int = 0, *, with_context: bool = False
+    ) -> None:
+        """Wrap the denoiser of every sampling pass: ``factory(model) -> model`` where
+        ``model(x, sigma, **cond) -> x0``. With ``with_context=True`` the factory is called as
+        ``factory(model, sampling)`` with a :class:`SamplingContext` (the job's params and extension values,
+        the sigma schedule, differentiable decoders); returning ``model`` itself leaves the pass unwrapped.
         Wrappers with a lower ``order`` sit closer to the model (CFG tricks low, guidance high)."""
         if not callable(factory):
             raise InvalidParameter("denoiser_wrapper", "the wrapper factory is not callable")
         self._contributions.add(
-            DenoiserWrapper(self.id, factory, int(order), len(self._contributions.wrappers))
+            DenoiserWrapper(
+                self.id, factory, int(order), len(self._contributions.wrappers), bool(with_context)
+            )
         )
 
     # --- hooks ----------------------------------------------------------------------------------------
@@ -293,6 +307,39 @@ class ExtensionAPI:
             raise InvalidParameter("ui_tab", "needs a title and a callable build function")
         self._contributions.add(UITab(self.id, title, build_fn))
 
+    def add_ui_form_tab(
+        self,
+        title: str,
+        sections: Iterable[tuple[str, Iterable[ControlSpec | Mapping[str, Any]]]],
+        action: Callable[[dict[str, Any]], JobHandle],
+        *,
+        button: str = "Generate",
+    ) -> None:
+        """Add a top-level tab the UI lays out for you: ``sections`` of controls (``(title, controls)``; the
+        first is open, the rest folded), a ``button`` and a results panel. A click calls
+        ``action(values)`` with every control's value by name (checked against its spec); ``action`` returns
+        the :class:`JobHandle` of :meth:`submit_job`, whose progress and live preview the tab follows and
+        whose result (a :class:`GenerationResult`, or any object with ``images``, ``infotexts``, ``seeds``,
+        ``paths``) fills the gallery. Errors raised by ``action`` are shown next to the button."""
+        if not title or not callable(action):
+            raise InvalidParameter("ui_tab", "needs a title and a callable action")
+        built = tuple((str(name), tuple(control_from(c) for c in controls)) for name, controls in sections)
+        names = [c.name for _, controls in built for c in controls]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InvalidParameter("controls", f"control name {duplicates[0]!r} is used twice in {title}")
+        if not names:
+            raise InvalidParameter("ui_tab", f"{title}: a form tab needs at least one control")
+        self._contributions.add(FormTab(self.id, title, built, action, button))
+
+    def sampler_names(self) -> list[str]:
+        """The labels of every sampler (built in and from extensions), as the dropdowns list them."""
+        return list(self._services.samplers.labels())
+
+    def schedule_names(self) -> list[str]:
+        """The labels of every schedule type."""
+        return list(self._services.schedules.labels())
+
     def add_ui_section(
         self, tab: str, title: str, controls: Iterable[ControlSpec | Mapping[str, Any]]
     ) -> UISection:
@@ -336,6 +383,80 @@ class ExtensionAPI:
                 )
             result[name] = controls[name].check(value, f"extension_args.{self.id}.{name}")
         return result
+
+    # --- jobs on the GPU worker --------------------------------------------------------------------------
+
+    def submit_job(self, fn: Callable[[ExtensionRun], Any], label: str | None = None) -> JobHandle:
+        """Queue ``fn(run)`` on the GPU worker behind the jobs already waiting; ``run`` is an
+        :class:`ExtensionRun` (progress, previews, interrupt, ``run.generate``). Returns at once.
+
+        An exception other than :class:`InvalidParameter` / :class:`JobCancelled` escaping ``fn`` fails the
+        job with the extension named in the message; the extension stays loaded."""
+        services = self._services
+        if services.submit_job is None or services.generate_in_job is None:
+            raise InvalidParameter("job", "this session has no GPU worker to run jobs on")
+        if not callable(fn):
+            raise InvalidParameter("job", "the job function is not callable")
+        owner, generate_in_job = self.id, services.generate_in_job
+
+        def generate(params: Any, job: Any, folder: str | None) -> Any:
+            return generate_in_job(params, job, folder, owner)
+
+        def body(job: Any) -> Any:
+            run = ExtensionRun(owner, job, generate, services.outputs_dir)
+            try:
+                return fn(run)
+            except (InvalidParameter, JobCancelled, ExtensionError):
+                raise
+            except Exception as exc:
+                raise ExtensionError(owner, f"job {label or owner}", exc) from exc
+
+        return JobHandle(services.submit_job(f"ext:{owner}:{label or 'job'}", body))
+
+    def output_folder(self, *parts: str) -> Path:
+        """A folder under ``outputs/`` (created): ``api.output_folder("disco-images", "run1")``."""
+        if self._services.outputs_dir is None:
+            raise InvalidParameter("folder", "this session has no outputs folder")
+        return output_folder(self._services.outputs_dir, *parts)
+
+    @property
+    def device(self) -> torch.device:
+        """The device models run on (``cuda``, ``mps`` or ``cpu``)."""
+        models = self._services.models
+        policy = getattr(models, "policy", None)
+        return policy.device if policy is not None else torch.device("cpu")
+
+    # --- CLIP models ----------------------------------------------------------------------------------
+
+    def clip_models(self) -> list[str]:
+        """Names of the CLIP models in ``models/clip/`` (and the bundled demo CLIP when present)."""
+        from webui.models.clip_models import discover_clip_models
+
+        if self._services.models_dir is None:
+            return []
+        return [entry.name for entry in discover_clip_models(self._services.models_dir)]
+
+    def load_clip(self, name: str, device: torch.device | str | None = None) -> Any:
+        """Load CLIP model ``name`` (see :meth:`clip_models`) offline, frozen, on ``device`` (default: the
+        models' device). The object has ``name``, ``image_size``, ``encode_image(pixels in [0, 1])``
+        (differentiable) and ``encode_text(texts)``. Each call loads anew; cache what you keep."""
+        from webui.models.clip_models import discover_clip_models, load_clip_model
+
+        if self._services.models_dir is None:
+            raise InvalidParameter("clip_model", "this session has no models folder")
+        entries = {entry.name: entry for entry in discover_clip_models(self._services.models_dir)}
+        if name not in entries:
+            raise InvalidParameter(
+                "clip_model", f"CLIP model {name!r} not found; installed: {', '.join(entries) or '(none)'}"
+            )
+        return load_clip_model(
+            entries[name], device=torch.device(device) if device is not None else self.device
+        )
+
+    @property
+    def models_dir(self) -> Path | None:
+        """The ``models/`` folder (read it; keep your own files in :attr:`data_dir`)."""
+        return self._services.models_dir
 
     # --- files ----------------------------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from PIL import Image
+
 from webui.engine.errors import InvalidParameter
 
-CONTROL_KINDS = ("checkbox", "slider", "number", "textbox", "dropdown", "radio")
+CONTROL_KINDS = ("checkbox", "slider", "number", "textbox", "textarea", "dropdown", "radio", "image")
 UI_SECTION_TABS = ("txt2img", "img2img")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -23,12 +25,14 @@ ROUTE_PATTERN = re.compile(r"^(/[A-Za-z0-9_.{}-]+)+/?$|^/$")
 
 @dataclass(frozen=True)
 class DenoiserWrapper:
-    """``factory(model) -> model``: wraps the denoiser of every job; lower ``order`` wraps first (inner)."""
+    """``factory(model) -> model`` (or ``factory(model, sampling)`` with ``with_context``): wraps the
+    denoiser of every sampling pass; lower ``order`` wraps first (inner)."""
 
     owner: str
-    factory: Callable[[Callable[..., Any]], Callable[..., Any]]
+    factory: Callable[..., Callable[..., Any]]
     order: int = 0
     seq: int = 0
+    with_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ class ControlSpec:
                     field_name, f"must be within {self.minimum}..{self.maximum}, got {value}"
                 )
             return value
+        if self.kind == "image":
+            if value is not None and not isinstance(value, Image.Image):
+                raise InvalidParameter(field_name, f"must be an image, got {type(value).__name__}")
+            return value
         if self.kind in ("dropdown", "radio"):
             if value not in self.choices:
                 raise InvalidParameter(
@@ -155,7 +163,34 @@ def control_from(spec: ControlSpec | Mapping[str, Any]) -> ControlSpec:
     return spec
 
 
-_EMPTY_DEFAULTS = {"checkbox": False, "textbox": "", "slider": 0, "number": 0}
+_EMPTY_DEFAULTS = {"checkbox": False, "textbox": "", "textarea": "", "slider": 0, "number": 0}
+
+
+@dataclass(frozen=True)
+class FormTab:
+    """A top-level tab the UI lays out from control specs: sections of controls, a button that calls
+    ``action(values) -> JobHandle`` and a results panel that follows the job (progress, preview, images)."""
+
+    owner: str
+    title: str
+    sections: tuple[tuple[str, tuple[ControlSpec, ...]], ...]
+    action: Callable[[dict[str, Any]], Any]
+    button: str = "Generate"
+
+    def controls(self) -> dict[str, ControlSpec]:
+        """Every control of the tab by name."""
+        return {c.name: c for _, controls in self.sections for c in controls}
+
+    def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` checked against the controls, defaults filled in; unknown names are refused."""
+        controls = self.controls()
+        unknown = sorted(set(values) - set(controls))
+        if unknown:
+            raise InvalidParameter(self.owner, f"unknown control {unknown[0]!r}")
+        result = {name: c.default for name, c in controls.items()}
+        for name, value in values.items():
+            result[name] = controls[name].check(value, name)
+        return result
 
 
 @dataclass(frozen=True)
@@ -190,10 +225,19 @@ class Contributions:
     routes: list[RouteSpec] = field(default_factory=list)
     tabs: list[UITab] = field(default_factory=list)
     sections: list[UISection] = field(default_factory=list)
+    form_tabs: list[FormTab] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def _lists(self) -> tuple[list[Any], ...]:
-        return (self.wrappers, self.settings, self.infotext, self.routes, self.tabs, self.sections)
+        return (
+            self.wrappers,
+            self.settings,
+            self.infotext,
+            self.routes,
+            self.tabs,
+            self.sections,
+            self.form_tabs,
+        )
 
     def _list_for(self, kind: type) -> list[Any]:
         return {
@@ -203,6 +247,7 @@ class Contributions:
             RouteSpec: self.routes,
             UITab: self.tabs,
             UISection: self.sections,
+            FormTab: self.form_tabs,
         }[kind]
 
     def add(self, record: Any) -> None:

@@ -7,6 +7,7 @@ and, for hooks that run inside a job, the job fails with a clear :class:`Extensi
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -58,6 +59,27 @@ class HookEntry:
     fn: Callable[..., Any]
     order: int = 0
     seq: int = 0
+
+    def call(self, *args: Any, **payload: Any) -> Any:
+        """Call ``fn`` with the payload keys it accepts (all of them if it takes ``**kwargs``), so hooks
+        written for an older facade keep working when a hook's payload grows."""
+        return self.fn(*args, **accepted(self.fn, payload))
+
+
+def accepted(fn: Callable[..., Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``payload`` that ``fn`` takes as keyword arguments."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature get everything
+        return payload
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return payload
+    names = {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return {k: v for k, v in payload.items() if k in names}
 
 
 def check_hook_name(name: str) -> str:
@@ -135,7 +157,7 @@ class HookBus:
         results = []
         for entry in self.entries(name):
             try:
-                result = entry.fn(**payload)
+                result = entry.call(**payload)
             except (Exception, SystemExit) as exc:
                 if passes_through(exc):
                     raise
@@ -151,7 +173,7 @@ class HookBus:
         """
         for entry in self.entries(name):
             try:
-                result = entry.fn(value, **payload)
+                result = entry.call(value, **payload)
             except (Exception, SystemExit) as exc:
                 if passes_through(exc):
                     raise

@@ -10,6 +10,7 @@ rest of the session.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import sys
@@ -26,6 +27,7 @@ from webui.extensions.api import FACADE_VERSION, ExtensionAPI
 from webui.extensions.contributions import (
     Contributions,
     DenoiserWrapper,
+    FormTab,
     InfotextField,
     RouteSpec,
     SettingSpec,
@@ -465,11 +467,15 @@ class ExtensionHost:
 
     # --- what the engine, the UI and the API read --------------------------------------------------------
 
-    def wrap_denoiser(self, model: Callable[..., Any]) -> Callable[..., Any]:
-        """``model`` wrapped by every extension's denoiser wrapper (lowest order innermost)."""
+    def wrap_denoiser(self, model: Callable[..., Any], sampling: Any = None) -> Callable[..., Any]:
+        """``model`` wrapped by every extension's denoiser wrapper (lowest order innermost); wrappers added
+        ``with_context`` also receive ``sampling`` (a :class:`~webui.engine.sampling_context.SamplingContext`)."""
         wrappers = sorted(self.contributions.snapshot(DenoiserWrapper), key=lambda w: (w.order, w.seq))
         for wrapper in wrappers:
-            model = wrap_denoiser(model, wrapper.factory, wrapper.owner, self.mark_failed)
+            factory = wrapper.factory
+            if wrapper.with_context:
+                factory = functools.partial(_with_sampling, wrapper.factory, sampling)
+            model = wrap_denoiser(model, factory, wrapper.owner, self.mark_failed)
         return model
 
     def settings(self) -> tuple[SettingSpec, ...]:
@@ -514,16 +520,23 @@ class ExtensionHost:
         """Top-level tabs added by loaded extensions."""
         return self.contributions.snapshot(UITab)
 
+    def form_tabs(self) -> tuple[FormTab, ...]:
+        """Tabs laid out from control specs (``api.add_ui_form_tab``)."""
+        return self.contributions.snapshot(FormTab)
+
     def ui_sections(self, tab: str) -> tuple[UISection, ...]:
         """Sections added to ``"txt2img"`` or ``"img2img"``."""
         return tuple(s for s in self.contributions.snapshot(UISection) if s.tab == tab)
 
-    def extension_args(self, given: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    def extension_args(
+        self, given: Mapping[str, Mapping[str, Any]] | None, trusted: str | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Validate a job's ``extension_args`` (``{ext_id: {control: value}}``): every extension with UI
-        sections gets its defaults filled in; unknown ids or controls raise InvalidParameter."""
+        sections gets its defaults filled in; unknown ids or controls raise InvalidParameter. The entry of
+        ``trusted`` (the extension that submits the job itself) is passed through unchecked."""
         sections = self.contributions.snapshot(UISection)
-        owners = sorted({s.owner for s in sections})
-        unknown = sorted(set(given or {}) - set(owners))
+        owners = sorted({s.owner for s in sections} - {trusted})
+        unknown = sorted(set(given or {}) - set(owners) - {trusted})
         if unknown:
             raise InvalidParameter(
                 "extension_args", f"unknown extension {unknown[0]!r}; valid: {', '.join(owners) or '(none)'}"
@@ -542,6 +555,8 @@ class ExtensionHost:
                     )
                 values[name] = controls[name].check(value, f"extension_args.{owner}.{name}")
             result[owner] = values
+        if trusted is not None and given and trusted in given:
+            result[trusted] = dict(given[trusted])
         return result
 
     def call_guarded(self, owner: str, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -561,3 +576,9 @@ class ExtensionHost:
     def loaded(self) -> Iterable[str]:
         """Ids of the loaded extensions."""
         return self.ids(LOADED)
+
+
+def _with_sampling(
+    factory: Callable[..., Any], sampling: Any, model: Callable[..., Any]
+) -> Callable[..., Any]:
+    return factory(model, sampling)

@@ -48,6 +48,15 @@ def _import_package(folder: Path, package: str) -> ModuleType:
     return module
 
 
+def import_package(folder: Path, package: str) -> ModuleType:
+    """Import an extension folder as the package ``package`` (fresh: a previous import is forgotten).
+
+    Tools and tests use it to reach an extension's modules without loading the extension.
+    """
+    forget_package(package)
+    return _import_package(folder, package)
+
+
 def load_entry(folder: Path, package: str, module: str, function: str) -> Callable[..., Any]:
     """Import ``<folder>/<module>.py`` as ``<package>.<module>`` and return its ``function``.
 

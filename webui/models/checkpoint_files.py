@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from webui.models.errors import CorruptCheckpoint, ModelNotFound, UnsafeCheckpoint
+from webui.models.torchscript_files import load_torchscript_tensors, torchscript_prefix
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -101,9 +102,10 @@ def read_header(path: Path) -> CheckpointHeader:
 def load_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load the tensors of a checkpoint file.
 
-    ``.safetensors`` files are memory-mapped. Pickle-based files go through ``torch.load(weights_only=True)``
-    and, for old files that reference harmless training-framework classes, a restricted unpickler that
-    admits only tensors, containers and those classes as inert stubs. Anything else is refused with
+    ``.safetensors`` files are memory-mapped. TorchScript archives (OpenAI's CLIP ``.pt`` files) are read by
+    :mod:`webui.models.torchscript_files`: tensors only, no TorchScript. Other pickle-based files go through
+    ``torch.load(weights_only=True)`` and, for old files that reference harmless training-framework classes,
+    a restricted unpickler that admits only tensors, containers and those classes as inert stubs. Anything else is refused with
     :class:`UnsafeCheckpoint` and nothing from the file is executed.
     """
     if not path.is_file():
@@ -138,6 +140,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def _load_pickle_checkpoint(path: Path, device: str) -> dict[str, torch.Tensor]:
     map_location = "cpu" if device == "meta" else device
     mmap = zipfile.is_zipfile(path)
+    prefix = torchscript_prefix(path) if mmap else None
+    if prefix is not None:  # torch.load would hand it to torch.jit.load, which runs TorchScript
+        return {k: v.to(map_location) for k, v in load_torchscript_tensors(path, prefix).items()}
     try:
         obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
         return _unwrap(obj, path)

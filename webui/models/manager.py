@@ -17,6 +17,13 @@ import torch
 
 from webui.config.paths import Paths
 from webui.models import devices
+from webui.models.clip_models import (
+    ClipModelEntry,
+    GuidanceClipModel,
+    discover_clip_models,
+    find_clip_model,
+    load_clip_model,
+)
 from webui.models.detection import ModelSpec
 from webui.models.devices import DevicePolicy
 from webui.models.discovery import (
@@ -150,6 +157,17 @@ class ModelManager:
             if key not in self._specs:
                 self._specs[key] = inspect_checkpoint(info)[0]
             return self._specs[key]
+
+    # CLIP models for guidance ---------------------------------------------------------------------
+    def clip_models(self) -> list[ClipModelEntry]:
+        """CLIP models in ``models/clip`` and the demo CLIP, rescanned on each call."""
+        return discover_clip_models(self.paths.models_dir)
+
+    def load_clip(self, name: str, dtype: torch.dtype = torch.float32) -> GuidanceClipModel:
+        """A new frozen guidance CLIP ``name`` on the compute device (the caller keeps it, not the manager)."""
+        entry = find_clip_model(self.paths.models_dir, name)
+        tokenizers = self.paths.model_configs_dir / "tokenizers" / "clip-l"  # shared with the SD tokenizers
+        return load_clip_model(entry, device=self.policy.device, dtype=dtype, tokenizer_dir=tokenizers)
 
     # loading --------------------------------------------------------------------------------------
     @property

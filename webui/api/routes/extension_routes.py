@@ -12,7 +12,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
+from webui.api.errors import invalid_parameter_response
 from webui.context import AppContext
+from webui.engine.errors import InvalidParameter
 from webui.extensions.hooks import ExtensionError
 
 EXTENSION_PREFIX = "/ext"
@@ -42,6 +44,8 @@ def build_extension_router(ctx: AppContext) -> APIRouter:
             kwargs["query"] = dict(request.query_params)
         try:
             return await run_in_threadpool(host.call_guarded, ext_id, "route", spec.fn, **kwargs)
+        except InvalidParameter as e:  # the caller's bad input, not the extension's fault
+            return invalid_parameter_response(e)
         except ExtensionError as e:
             raise HTTPException(500, str(e)) from e
 
