@@ -88,12 +88,15 @@ def test_extension_loads_and_lists_the_clip_models(ctx: AppContext, client: Test
 
 
 def test_run_saves_images_settings_and_infotext_and_reloads(ctx: AppContext, client: TestClient) -> None:
-    done = run_disco(client, ctx, batch_name="run1", seed=11, n_batches=2, clip_guidance_scale=500)
+    done = run_disco(client, ctx, batch_name="run1", seed=11, n_batches=2, clip_guidance_scale=500,
+                     intermediate_saves=2)  # fmt: skip
     assert done["status"] == "done", done
     paths = [Path(p) for p in done["images"]]
     folder = ctx.paths.outputs_dir / "disco-images" / "run1"
     assert len(paths) == 2 and all(p.parent == folder and p.is_file() for p in paths)
     assert Image.open(paths[0]).size == (64, 64)
+    partials = sorted(p.name for p in (folder / "partials").glob("*.png"))
+    assert partials == ["run1_11_0001.png", "run1_11_0003.png", "run1_12_0001.png", "run1_12_0003.png"]  # of 4 steps
     saved = json.loads((folder / "run1(0)_settings.json").read_text(encoding="utf-8"))
     assert (
         saved["seed"] == 11

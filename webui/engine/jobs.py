@@ -341,6 +341,11 @@ class JobContext:
         self.job._tracker.set_preview(image)
         self._changed()
 
+    def set_preview_every(self, steps: int) -> None:
+        """Preview every ``steps`` steps for the rest of this job (0: off, -1: after each image), instead
+        of the "Live preview display period" setting."""
+        self._preview_every = int(steps)
+
     def should_preview(self, step: int, total: int | None = None) -> bool:
         """Whether a live preview is due after ``step``, per the "preview every N steps" setting.
 

@@ -86,6 +86,12 @@ class ExtensionRun:
         """The text line shown with the progress bar."""
         self._job.set_textinfo(text)
 
+    def preview_every(self, steps: int) -> None:
+        """Make a live preview every ``steps`` sampling steps for the rest of this job (0 turns them off)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise InvalidParameter("preview_every", f"must be a whole number >= 0, got {steps!r}")
+        self._job.set_preview_every(steps)
+
     def set_preview(self, image: Image.Image) -> None:
         """Show ``image`` as the live preview now."""
         self._job.set_preview(image)
