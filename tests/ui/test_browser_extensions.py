@@ -77,6 +77,14 @@ def test_install_from_git_url_then_generate_with_its_sampler_and_section(
     if reason or shutil.which("git") is None:
         pytest.skip(reason or "git is missing")
     bare, _work = make_remote(tmp_path, "sd-jump", {"main.py": JUMP_MAIN}, manifest("jump"))
+    other, _ = make_remote(
+        tmp_path, "sd-other", {"main.py": "def setup(api):\n    pass\n"}, manifest("other")
+    )
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps([
+        {"name": "Jump", "url": str(bare), "description": "jumps", "tags": ["sampler"]},
+        {"name": "Other", "url": str(other), "description": "does nothing", "tags": ["demo"]},
+    ]), encoding="utf-8")  # fmt: skip
     server = start_server(fresh_dir)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(30_000)
@@ -93,6 +101,16 @@ def test_install_from_git_url_then_generate_with_its_sampler_and_section(
         screenshot(pg, "extensions-installed")
         pg.locator("#extensions_installed_tab-button").click()
         wait_text(pg, "#extensions_installed", "sd-jump.git")
+
+        # the "Available" index lists both, marks the installed one, and installs the other
+        pg.locator("#extensions_available_tab-button").click()
+        pg.locator("#extensions_index_url input, #extensions_index_url textarea").first.fill(str(index))
+        pg.locator("#extensions_index_load").click()
+        wait_text(pg, "#extensions_available_status", "2 extensions")
+        choose(pg, "extensions_available_pick", "Other")
+        pg.locator("#extensions_available_install").click()
+        wait_text(pg, "#extensions_available_status", "installed Other")
+        assert (fresh_dir / "extensions" / "sd-other" / "main.py").is_file()
 
         # the sampler is everywhere a sampler is, after a page reload (no restart)
         assert "Jump Euler" in server.ctx.samplers.labels()

@@ -133,3 +133,35 @@ def test_progress_text_and_theme_script() -> None:
         "Batch 2/2" in html and "Step 5/10" in html and "ETA 00:04" in html and 'data-fraction="75.0"' in html
     )
     assert '"dark"' in page_script("dark") and "Enter" in page_script("dark") and "null" in page_script(None)
+
+
+def test_extension_settings_and_controls_reach_the_settings_tab_and_the_request(tmp_path: Path) -> None:
+    from webui.app.settings import all_settings, apply_settings, current_values
+    from webui.config.options import Options
+    from webui.extensions.contributions import SettingSpec as ExtensionSetting
+
+    added = (
+        ExtensionSetting("ext", "jump_scale", 0.5, "Jump scale", "Jump", None, 0.0, 1.0, 0.05),
+        ExtensionSetting("ext", "jump_mode", "soft", "Jump mode", "Jump", ("soft", "hard")),
+        ExtensionSetting("ext", "jump_on", True, "Jump on", "Jump"),
+    )
+    options = Options(tmp_path / "config.json")
+    ui = SimpleNamespace(
+        ctx=SimpleNamespace(extensions=SimpleNamespace(settings=lambda: added), options=options)
+    )
+    specs = all_settings(ui)
+    mine = {s.key: s for s in specs[len(SETTINGS) :]}
+    assert {k: (s.kind, s.section, s.default) for k, s in mine.items()} == {
+        "jump_scale": ("slider", "Jump", 0.5),
+        "jump_mode": ("radio", "Jump", "soft"),
+        "jump_on": ("checkbox", "Jump", True),
+    }
+    values = current_values(ui, specs)
+    assert values[len(SETTINGS) :] == [0.5, "soft", True]
+    values[-3:] = [0.75, "hard", False]
+    assert "jump_scale, jump_mode, jump_on" in apply_settings(ui, values, specs)
+    assert json.loads((tmp_path / "config.json").read_text())["jump_scale"] == 0.75
+    # extension controls in a tab's form become the job's extension_args, keyed by name
+    p = generation_params("txt2img", {"prompt": "x", "ext:jump:strength": 0.25, "ext:jump:mode": "hard",
+                                      "ext:jump:steps": 3.0})  # fmt: skip
+    assert p.extension_args == {"jump": {"strength": 0.25, "mode": "hard", "steps": 3}}

@@ -88,6 +88,9 @@ def build_extensions_tab(ui: UiServices) -> None:
             available = gr.Dataframe(
                 [], headers=AVAILABLE_HEADERS, interactive=False, elem_id="extensions_available"
             )
+            with gr.Row():
+                pick = gr.Dropdown([], label="Extension to install", elem_id="extensions_available_pick")
+                install_pick = gr.Button("Install", elem_id="extensions_available_install")
             available_status = gr.HTML("", elem_id="extensions_available_status")
 
     def do(fn: Callable[[Any, str], str]) -> Callable[[str], tuple[str, list[list[Any]], Any]]:
@@ -120,25 +123,26 @@ def build_extensions_tab(ui: UiServices) -> None:
 
     install.click(run_install, [url, branch, folder], [install_status, table, chosen])
 
-    def load_available(source: str, text: str) -> tuple[list[list[Any]], str]:
+    def load_available(source: str, text: str) -> tuple[list[list[Any]], Any, str]:
+        from webui.extensions.git import normalize_url
         from webui.extensions.index import load_index, search
 
         host = ui.ctx.extensions
         try:
             entries = search(load_index(source.strip()), text)
         except Exception as e:  # unreadable index files or URLs are reported, not raised
-            return [], error_html(f"{type(e).__name__}: {e}")
+            return [], gr.update(choices=[], value=None), error_html(f"{type(e).__name__}: {e}")
         installed = host.installed_urls() if host else set()
-        from webui.extensions.git import normalize_url
-
         rows = [
             [e.name, e.url, e.description, ", ".join(e.tags), normalize_url(e.url) in installed]
             for e in entries
         ]
-        return rows, _ok(f"{len(rows)} extensions")
+        choices = [(f"{e.name} ({e.url})", e.url) for e in entries if normalize_url(e.url) not in installed]
+        return rows, gr.update(choices=choices, value=None), _ok(f"{len(rows)} extensions")
 
-    load.click(load_available, [index_source, query], [available, available_status])
-    query.submit(load_available, [index_source, query], [available, available_status])
+    load.click(load_available, [index_source, query], [available, pick, available_status])
+    query.submit(load_available, [index_source, query], [available, pick, available_status])
+    install_pick.click(lambda url: run_install(url or "", "", ""), pick, [available_status, table, chosen])
 
 
 def build_extension_tabs(ui: UiServices) -> None:

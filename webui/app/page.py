@@ -14,7 +14,6 @@ from webui.app.pnginfo import build_pnginfo
 from webui.app.sendto import wire_send_to
 from webui.app.services import Form, UiServices
 from webui.app.settings import build_settings, current_values
-from webui.app.settings_spec import SETTINGS
 from webui.app.theme import page_script
 from webui.app.topbar import build_topbar, page_load_values
 from webui.app.txt2img import build_txt2img
@@ -67,9 +66,9 @@ def build_page(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = build_settings(ui)
         wire_send_to(tabs, txt2img, img2img, extras, pnginfo)
-        setting_controls = [settings.controls[s.key] for s in SETTINGS]
+        setting_controls = [settings.controls[s.key] for s in settings.specs]
         lists = sampler_lists(txt2img.form, img2img.form)
-        demo.load(lambda: (*page_load_values(ui), *current_values(ui), *sampler_choices(ui, lists)), None,
+        demo.load(lambda: (*page_load_values(ui), *current_values(ui, settings.specs), *sampler_choices(ui, lists)), None,
                   [bar.checkpoint, bar.vae, *setting_controls, *(c for c, _ in lists)],
                   js=page_script(ctx.flags.theme), queue=False)  # fmt: skip
     demo.queue(default_concurrency_limit=None)

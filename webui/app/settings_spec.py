@@ -24,6 +24,7 @@ class SettingSpec:
     minimum: float = 0
     maximum: float = 1
     step: float = 1
+    default: Any = None  # the value before anyone changed it (core options take theirs from Options)
 
 
 def _s(section: str, rows: tuple[tuple[Any, ...], ...]) -> tuple[SettingSpec, ...]:
@@ -117,3 +118,24 @@ def coerce(spec: SettingSpec, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         return float(value)
     return "" if value is None else str(value)
+
+
+def extension_setting(spec: Any) -> SettingSpec:
+    """The Settings tab's view of a setting an extension added (``api.add_setting``)."""
+    default = spec.default
+    if spec.choices:
+        kind = "radio"
+    elif isinstance(default, bool):
+        kind = "checkbox"
+    elif isinstance(default, (int, float)) and spec.minimum is not None and spec.maximum is not None:
+        kind = "slider"
+    elif isinstance(default, (int, float)):
+        kind = "number"
+    else:
+        kind = "text"
+    step = spec.step if spec.step is not None else (1 if isinstance(default, int) else 0.01)
+    return SettingSpec(
+        spec.name, spec.label, spec.section, kind, tuple(spec.choices or ()),
+        spec.minimum if spec.minimum is not None else 0, spec.maximum if spec.maximum is not None else 1,
+        step, default,
+    )  # fmt: skip
