@@ -97,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "pytest", *flags.extra]
         print(f"[launch] running tests: {' '.join(cmd)}", flush=True)
         return subprocess.call(cmd, cwd=ROOT, env=env)
+    if flags.download_model:
+        from webui.config.paths import Paths
+        from webui.models.download import DownloadError, download_model, known_model
+
+        try:
+            model = known_model(flags.download_model)
+            print(f"[launch] downloading {model.description}", flush=True)
+            path = download_model(model, Paths.from_flags(flags, ROOT).ckpt_dirs[0])
+        except DownloadError as e:
+            print(f"\n[launch] {e}", file=sys.stderr, flush=True)
+            return 1
+        print(f"\n[launch] {path} is ready", flush=True)
     from webui.server import serve
 
     return serve(flags, ROOT)

@@ -69,7 +69,7 @@ def build_page(ctx: AppContext) -> gr.Blocks:
         setting_controls = [settings.controls[s.key] for s in settings.specs]
         lists = sampler_lists(txt2img.form, img2img.form)
         demo.load(lambda: (*page_load_values(ui), *current_values(ui, settings.specs), *sampler_choices(ui, lists)), None,
-                  [bar.checkpoint, bar.vae, *setting_controls, *(c for c, _ in lists)],
+                  [bar.checkpoint, bar.vae, bar.note, *setting_controls, *(c for c, _ in lists)],
                   js=page_script(ctx.flags.theme), queue=False)  # fmt: skip
     demo.queue(default_concurrency_limit=None)
     return demo

@@ -29,6 +29,7 @@ class TopBar:
     status: Any
     queue: Any
     quick: dict[str, Any] = field(default_factory=dict)
+    note: Any = None
 
 
 def checkpoint_titles(ui: UiServices) -> list[str]:
@@ -54,6 +55,23 @@ def current_checkpoint(ui: UiServices) -> str | None:
     return titles[0] if titles else None
 
 
+DEMO_NOTE = (
+    "Running on the bundled <b>demo model</b> (64x64 pictures of simple shapes: try "
+    "<i>a large red circle on a blue background</i>). For real pictures put Stable Diffusion checkpoints "
+    "(.safetensors / .ckpt) in <code>{folder}</code> and press 🔄, or download SD 1.5 with "
+    "<code>python launch.py --download-model sd15</code>."
+)
+
+
+def model_note(ui: UiServices) -> str:
+    """The top bar's note: how to get real checkpoints while only the demo model is there."""
+    models = ui.ctx.models
+    checkpoints = models.checkpoints()
+    if checkpoints and all(models.is_demo(c) for c in checkpoints):
+        return f'<div class="webui-note">{DEMO_NOTE.format(folder=ui.ctx.paths.ckpt_dirs[0])}</div>'
+    return ""
+
+
 def build_topbar(ui: UiServices) -> TopBar:
     """Lay out the top bar and wire it."""
     if not ui.ctx.models.checkpoints():
@@ -72,7 +90,8 @@ def build_topbar(ui: UiServices) -> TopBar:
         with gr.Column(scale=2, min_width=160):
             status = gr.HTML("", elem_id="webui_model_status")
             queue = gr.HTML(queue_html(ui.ctx.queue), elem_id="webui_queue_status")
-    bar = TopBar(checkpoint, vae, refresh, status, queue, quick)
+    note = gr.HTML(model_note(ui), elem_id="webui_model_note")
+    bar = TopBar(checkpoint, vae, refresh, status, queue, quick, note)
     _wire(ui, bar)
     return bar
 
@@ -142,11 +161,13 @@ def _wire(ui: UiServices, bar: TopBar) -> None:
     timer.tick(lambda: queue_html(ctx.queue), None, bar.queue, show_progress="hidden", queue=False)
 
 
-def page_load_values(ui: UiServices) -> tuple[Any, Any]:
-    """Fresh checkpoint / VAE dropdowns for a page (re)load: the model may have loaded since the build."""
+def page_load_values(ui: UiServices) -> tuple[Any, Any, Any]:
+    """Fresh checkpoint / VAE dropdowns and model note for a page (re)load: the model may have loaded since
+    the build."""
     vae = ui.ctx.options.get("sd_vae", "Automatic")
     vaes = vae_choices(ui)
     return (
         gr.update(choices=checkpoint_titles(ui), value=current_checkpoint(ui)),
         gr.update(choices=vaes, value=vae if vae in vaes else "Automatic"),
+        model_note(ui),
     )

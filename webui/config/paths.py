@@ -48,6 +48,11 @@ class Paths:
         """Generated weights-free diffusers configs and tokenizer files."""
         return self.cache_dir / "model-configs"
 
+    @property
+    def demo_checkpoint(self) -> Path:
+        """The bundled demo model (shipped with the code, so under the repository, not the data dir)."""
+        return self.root / "models" / "demo" / "demo-shapes-v1.safetensors"
+
     def model_dir(self, kind: str) -> Path:
         """``models/<kind>``, e.g. ``model_dir("Lora")``."""
         return self.models_dir / kind

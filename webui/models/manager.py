@@ -83,9 +83,14 @@ class ModelManager:
 
     # discovery ------------------------------------------------------------------------------------
     def refresh(self) -> list[CheckpointInfo]:
-        """Rescan the checkpoint folders (and VAEs); returns the checkpoints."""
+        """Rescan the checkpoint folders (and VAEs); returns the checkpoints. With none found, the bundled
+        demo model (``models/demo/demo-shapes-v1.safetensors``) is the one checkpoint, so a fresh install
+        generates pictures at once."""
         with self._lock:
             self._checkpoints = scan_checkpoints(self.paths.ckpt_dirs, self._extra, self.hashes)
+            demo = self.paths.demo_checkpoint
+            if not self._checkpoints and demo.is_file():
+                self._checkpoints = scan_checkpoints((), (demo,), self.hashes)
             self.refresh_vaes()
             return list(self._checkpoints)
 
@@ -170,6 +175,10 @@ class ModelManager:
         return load_clip_model(entry, device=self.policy.device, dtype=dtype, tokenizer_dir=tokenizers)
 
     # loading --------------------------------------------------------------------------------------
+    def is_demo(self, info: CheckpointInfo | None) -> bool:
+        """Whether ``info`` is the bundled demo model."""
+        return info is not None and Path(info.path).resolve() == self.paths.demo_checkpoint.resolve()
+
     @property
     def current(self) -> LoadedModel | None:
         """The model on the compute device, or None."""
