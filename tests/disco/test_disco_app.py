@@ -96,7 +96,12 @@ def test_run_saves_images_settings_and_infotext_and_reloads(ctx: AppContext, cli
     assert len(paths) == 2 and all(p.parent == folder and p.is_file() for p in paths)
     assert Image.open(paths[0]).size == (64, 64)
     partials = sorted(p.name for p in (folder / "partials").glob("*.png"))
-    assert partials == ["run1_11_0001.png", "run1_11_0003.png", "run1_12_0001.png", "run1_12_0003.png"]  # of 4 steps
+    assert partials == [
+        "run1_11_0001.png",
+        "run1_11_0003.png",
+        "run1_12_0001.png",
+        "run1_12_0003.png",
+    ]  # of 4 steps
     saved = json.loads((folder / "run1(0)_settings.json").read_text(encoding="utf-8"))
     assert (
         saved["seed"] == 11
@@ -184,3 +189,32 @@ def test_bad_settings_are_refused_with_the_field_named(ctx: AppContext, client: 
     assert pixel["status"] == "failed" and "models/disco" in pixel["error"].replace("\\", "/")
     # the app keeps working after the failures
     assert run_disco(client, ctx, batch_name="after", seed=1)["status"] == "done"
+
+
+def test_sdapi_txt2img_takes_disco_settings_through_alwayson_scripts(
+    ctx: AppContext, client: TestClient
+) -> None:
+    body = {
+        "prompt": "a red circle",
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "seed": 8,
+        "sampler_name": "Euler",
+    }
+    settings = {"clip_models": ["tiny-clip"], "clip_guidance_scale": 3000, "cutn_batches": 1, "steps": 3,
+                "width": 64, "height": 64, "text_prompts": {"0": ["a red circle"]}, "guidance_end": 1.0}  # fmt: skip
+    plain = client.post("/sdapi/v1/txt2img", json=body)
+    guided = client.post(
+        "/sdapi/v1/txt2img",
+        json={**body, "alwayson_scripts": {"disco-mode": {"args": {"settings": settings}}}},
+    )
+    assert plain.status_code == guided.status_code == 200, guided.text
+    assert "Disco: " in json.loads(guided.json()["info"])["infotexts"][0]
+    assert "Disco: " not in json.loads(plain.json()["info"])["infotexts"][0]
+    assert guided.json()["images"][0] != plain.json()["images"][0]
+    bad = client.post(
+        "/sdapi/v1/txt2img",
+        json={**body, "alwayson_scripts": {"disco-mode": {"args": {"settings": {"steps": -1}}}}},
+    )
+    assert bad.status_code == 422 and "steps" in bad.text

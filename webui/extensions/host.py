@@ -532,15 +532,17 @@ class ExtensionHost:
         self, given: Mapping[str, Mapping[str, Any]] | None, trusted: str | None = None
     ) -> dict[str, dict[str, Any]]:
         """Validate a job's ``extension_args`` (``{ext_id: {control: value}}``): every extension with UI
-        sections gets its defaults filled in; unknown ids or controls raise InvalidParameter. The entry of
-        ``trusted`` (the extension that submits the job itself) is passed through unchecked."""
+        sections gets its defaults filled in; unknown ids or controls raise InvalidParameter. The entries of
+        loaded extensions without UI sections, and of ``trusted`` (the extension that submits the job
+        itself), are passed through for the extension to check."""
         sections = self.contributions.snapshot(UISection)
         owners = sorted({s.owner for s in sections} - {trusted})
-        unknown = sorted(set(given or {}) - set(owners) - {trusted})
+        loaded = {e.id for e in self.list() if e.status == LOADED}
+        free = (loaded - set(owners)) | ({trusted} if trusted else set())
+        unknown = sorted(set(given or {}) - set(owners) - free)
         if unknown:
-            raise InvalidParameter(
-                "extension_args", f"unknown extension {unknown[0]!r}; valid: {', '.join(owners) or '(none)'}"
-            )
+            valid = ", ".join(sorted(set(owners) | loaded)) or "(none)"
+            raise InvalidParameter("extension_args", f"unknown extension {unknown[0]!r}; valid: {valid}")
         result: dict[str, dict[str, Any]] = {}
         for owner in owners:
             controls = {c.name: c for s in sections if s.owner == owner for c in s.controls}
@@ -555,8 +557,11 @@ class ExtensionHost:
                     )
                 values[name] = controls[name].check(value, f"extension_args.{owner}.{name}")
             result[owner] = values
-        if trusted is not None and given and trusted in given:
-            result[trusted] = dict(given[trusted])
+        for ext_id in sorted(free & set(given or {})):
+            entry = (given or {})[ext_id]
+            if not isinstance(entry, Mapping):
+                raise InvalidParameter(f"extension_args.{ext_id}", "must be an object of names and values")
+            result[ext_id] = dict(entry)
         return result
 
     def call_guarded(self, owner: str, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
