@@ -5,6 +5,7 @@ The browser tests are skipped (with the reason) when /usr/bin/chromium, Playwrig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -84,6 +85,23 @@ def start_server(data_dir: Path, *, load_model: bool = True, root: Path | None =
             raise RuntimeError("the UI server did not start")
         time.sleep(0.05)
     return RunningServer(ctx, f"http://127.0.0.1:{port}/", server, thread)
+
+
+@contextlib.contextmanager
+def served_page(
+    browser: Any, data_dir: Path, *, root: Path | None = None
+) -> Iterator[tuple[RunningServer, Any]]:
+    """A server of its own over ``data_dir`` and a loaded page on it; both closed afterwards."""
+    server = start_server(data_dir, root=root)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    try:
+        pg = context.new_page()
+        open_app(pg, server.url)
+        yield server, pg
+    finally:
+        context.close()
+        server.stop()
 
 
 def _browser_skip_reason() -> str | None:

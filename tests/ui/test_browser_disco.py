@@ -12,7 +12,7 @@ import pytest
 
 from tests.disco.test_disco_app import write_tiny_clip
 from tests.factories import write_tiny_checkpoint
-from tests.ui.conftest import UI_DEFAULTS, _browser_skip_reason, open_app, screenshot, start_server
+from tests.ui.conftest import UI_DEFAULTS, _browser_skip_reason, screenshot, served_page
 from tests.ui.test_browser import set_number, wait_text
 from webui.engine.outputs import read_infotext
 
@@ -31,12 +31,7 @@ def test_disco_tab_runs_and_reports_bad_settings(browser: Any, tmp_path: Path) -
     write_tiny_checkpoint(data / "models" / "Stable-diffusion" / "sd1.safetensors", "sd1")
     write_tiny_clip(data / "models" / "clip" / "tiny-clip")
     (data / "ui-config.json").write_text(json.dumps(UI_DEFAULTS), encoding="utf-8")
-    server = start_server(data, root=REPO)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    try:
-        open_app(pg, server.url)
+    with served_page(browser, data, root=REPO) as (_server, pg):
         pg.locator("#tab_ext_disco-mode-button").click()
         fill(pg, "ext_disco_mode_text_prompts_text", "a lighthouse:2\nstyle: ukiyo-e")
         fill(pg, "ext_disco_mode_batch_name", "browser")
@@ -68,6 +63,3 @@ def test_disco_tab_runs_and_reports_bad_settings(browser: Any, tmp_path: Path) -
         pg.locator("#ext_disco_mode_generate").click()
         message = wait_text(pg, "#ext_disco_mode_message", "text_prompts")
         assert "sum" in message
-    finally:
-        context.close()
-        server.stop()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.extensions.helpers import make_remote, manifest
 from tests.factories import write_tiny_checkpoint
-from tests.ui.conftest import UI_DEFAULTS, _browser_skip_reason, open_app, screenshot, start_server
+from tests.ui.conftest import UI_DEFAULTS, _browser_skip_reason, open_app, screenshot, served_page
 from tests.ui.test_browser import outputs_with, set_number, wait_text
 from webui.engine.outputs import read_infotext
 
@@ -85,12 +85,7 @@ def test_install_from_git_url_then_generate_with_its_sampler_and_section(
         {"name": "Jump", "url": str(bare), "description": "jumps", "tags": ["sampler"]},
         {"name": "Other", "url": str(other), "description": "does nothing", "tags": ["demo"]},
     ]), encoding="utf-8")  # fmt: skip
-    server = start_server(fresh_dir)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    try:
-        open_app(pg, server.url)
+    with served_page(browser, fresh_dir) as (server, pg):
         pg.locator("#tab_extensions-button").click()
         pg.locator("#extensions_install_tab-button").click()
         pg.locator("#extensions_install_url textarea, #extensions_install_url input").first.fill(str(bare))
@@ -120,17 +115,9 @@ def test_install_from_git_url_then_generate_with_its_sampler_and_section(
         assert "Sampler: Jump Euler" in infotext and "Jump: soft 0.50" in infotext
         files = outputs_with(fresh_dir, "txt2img", "a jumping cat")
         assert len(files) == 1 and "Sampler: Jump Euler" in (read_infotext(files[0]) or "")
-    finally:
-        context.close()
-        server.stop()
 
     # after a restart the extension's section is part of txt2img; its values reach the job by name
-    server = start_server(fresh_dir)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    try:
-        open_app(pg, server.url)
+    with served_page(browser, fresh_dir) as (_server, pg):
         pg.locator("#txt2img_ext_jump").click()
         set_number(pg, "txt2img_ext_jump_jump_strength", 0.75)
         choose(pg, "txt2img_ext_jump_jump_mode", "hard")
@@ -138,6 +125,3 @@ def test_install_from_git_url_then_generate_with_its_sampler_and_section(
         infotext = generate(pg, "a jumping dog")
         screenshot(pg, "extensions-section")
         assert "Jump: hard 0.75" in infotext and "Sampler: Jump Euler" in infotext
-    finally:
-        context.close()
-        server.stop()
