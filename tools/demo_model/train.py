@@ -54,17 +54,24 @@ STATE_FILE = "state.pt"
 class TrainSettings:
     """Everything a training run depends on (a changed value starts a fresh run in the work folder)."""
 
-    steps: int = 30000
-    vae_steps: int = 4000
-    batch: int = 64
-    lr: float = 5e-4
-    vae_lr: float = 1e-3
-    warmup: int = 200
+    steps: int = 2000
+    vae_steps: int = 1200
+    batch: int = 32
+    vae_batch: int = 16
+    # The VAE is fully convolutional: it learns on random crops of this side, then on whole pictures for
+    # the last ``vae_full_share`` of its steps (at half the batch) so that its norms see whole scenes.
+    vae_crop: int = 32
+    vae_full_share: float = 0.2
+    lr: float = 1e-3
+    vae_lr: float = 2e-3
+    warmup: int = 250
     seed: int = 0
     pool: int = 20000
     caption_dropout: float = 0.1
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     min_snr_gamma: float = 5.0
+    # per-picture, per-channel constant added to the noise, so that flat backgrounds' colours are learned
+    offset_noise: float = 0.1
     kl_weight: float = 1e-6
     arch: DemoArchitecture = field(default_factory=DemoArchitecture)
 
@@ -214,6 +221,26 @@ class Trainer:
         _save_state(self.work_dir, self.state())
 
     # --- phases ---------------------------------------------------------------------------------
+    def _vae_batch(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random crops (or, late in the phase, whole pictures), randomly mirrored."""
+        s = self.settings
+        whole = self.step >= s.vae_steps * (1.0 - s.vae_full_share)
+        count = max(1, s.vae_batch // 2) if whole else s.vae_batch
+        batch = images[torch.randint(len(images), (count,), generator=g)]
+        side = images.shape[-1]
+        crop = side if whole else min(s.vae_crop, side)
+        if crop < side:
+            offsets = torch.randint(side - crop + 1, (count, 2), generator=g)
+            batch = torch.stack(
+                [
+                    b[:, int(y) : int(y) + crop, int(x) : int(x) + crop]
+                    for b, (y, x) in zip(batch, offsets, strict=True)
+                ]
+            )
+        flip = torch.rand(count, generator=g) < 0.5
+        batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        return batch.to(self.device)
+
     def train_vae(self, images: torch.Tensor) -> None:
         """Phase 1: reconstruction (MSE + L1) with a tiny KL term."""
         s = self.settings
@@ -221,7 +248,7 @@ class Trainer:
         running, started = 0.0, time.perf_counter()
         while self.step < s.vae_steps:
             g = step_generator(s.seed, 1, self.step)
-            batch = images[torch.randint(len(images), (s.batch,), generator=g)].to(self.device)
+            batch = self._vae_batch(images, g)
             for group in self.vae_opt.param_groups:
                 group["lr"] = learning_rate(s.vae_lr, self.step, s.vae_steps, s.warmup)
             posterior = self.vae.encode(batch).latent_dist
@@ -255,6 +282,7 @@ class Trainer:
     def encode_pool(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled latents (the distribution's mean, as the engine's img2img encodes) of every picture."""
         scale = float(self.vae.config.scaling_factor)
+        self.vae.eval()  # train mode rounds differently (its dropout path): a resumed run must match
         chunks = [self.vae.encode(c.to(self.device)).latent_dist.mean.cpu() for c in images.split(256)]
         return torch.cat(chunks) * scale
 
@@ -276,6 +304,7 @@ class Trainer:
             t = torch.randint(NUM_TRAIN_TIMESTEPS, (s.batch,), generator=g)
             x0 = latents[index]
             eps = torch.randn(x0.shape, generator=g)
+            eps = eps + s.offset_noise * torch.randn((*x0.shape[:2], 1, 1), generator=g)
             a = alphas[t].view(-1, 1, 1, 1)
             noisy = (a.sqrt() * x0 + (1.0 - a).sqrt() * eps).to(self.device)
             for group in self.opt.param_groups:
@@ -290,7 +319,7 @@ class Trainer:
             self.opt.step()
             self._update_ema()
             self.step += 1
-            running += float(per_item.mean())
+            running += float(per_item.detach().mean())
             running, started = self._log("diffusion", running, started)
             if self.step % self.save_every == 0:
                 self._checkpoint()
@@ -322,6 +351,7 @@ class Trainer:
             "modelspec.prediction_type": "epsilon",
             "demo.train_steps": str(self.settings.steps),
             "demo.vae_steps": str(self.settings.vae_steps),
+            "demo.exported_at": f"{self.phase} step {self.step}",
             "demo.seed": str(self.settings.seed),
         }
         return export_single_file(
@@ -344,13 +374,24 @@ def run(
     save_every: int = 500,
     log_every: int = 50,
     half: bool = True,
+    export_only: bool = False,
     report: Callable[[str], None] = print_flushed,
 ) -> Trainer:
-    """Train (resuming from ``work_dir`` when it holds this run) and export to ``output``."""
+    """Train (resuming from ``work_dir`` when it holds this run) and export to ``output``.
+
+    With ``export_only`` nothing is trained: the work folder's last saved diffusion state is exported
+    as it is (to look at an unfinished run).
+    """
     trainer = Trainer(settings, device, work_dir, save_every, log_every, report)
     state = _load_state(work_dir, settings.fingerprint())
     if state is not None:
         trainer.restore(state)
+    if export_only:
+        if trainer.phase == "vae":
+            raise ValueError(f"export_only: {work_dir} holds no diffusion state of this run yet")
+        path = trainer.export(output, half=half)
+        report(f"wrote {path} from step {trainer.step} ({path.stat().st_size / 1e6:.1f} MB)")
+        return trainer
     report(
         "parameters: "
         + ", ".join(
@@ -383,7 +424,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=defaults.steps, help="diffusion training steps")
     p.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="VAE training steps")
-    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--batch", type=int, default=defaults.batch, help="diffusion batch")
+    p.add_argument("--vae-batch", type=int, default=defaults.vae_batch, help="VAE batch (of crops)")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--vae-lr", type=float, default=defaults.vae_lr)
     p.add_argument("--pool", type=int, default=defaults.pool, help="number of distinct training pictures")
@@ -395,6 +437,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--fp32", action="store_true", help="export float32 weights instead of float16")
+    p.add_argument("--export-only", action="store_true", help="export the work folder's state, no training")
     return p.parse_args(argv)
 
 
@@ -409,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps=args.steps,
         vae_steps=args.vae_steps,
         batch=args.batch,
+        vae_batch=args.vae_batch,
         lr=args.lr,
         vae_lr=args.vae_lr,
         seed=args.seed,
@@ -422,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_every=args.save_every,
         log_every=args.log_every,
         half=not args.fp32,
+        export_only=args.export_only,
     )
     return 0
 
