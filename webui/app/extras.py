@@ -34,7 +34,9 @@ def build_extras(ui: UiServices) -> ExtrasTab:
             mode = gr.State("single")
             with gr.Tabs(elem_id="extras_mode") as subtabs:
                 with gr.Tab("Single Image", id="extras_single", elem_id="extras_single_tab") as single_tab:
-                    image = gr.Image(label="Source", type="pil", elem_id="extras_image", height=320)
+                    image = gr.Image(
+                        label="Source", type="pil", elem_id="extras_image", height=320, format="png"
+                    )
                 with gr.Tab("Batch Process", id="extras_batch", elem_id="extras_batch_tab") as batch_tab:
                     files = gr.File(
                         label="Batch Process",

@@ -63,21 +63,29 @@ def build_img2img(ui: UiServices) -> Img2ImgTab:
             with gr.Tabs(elem_id="img2img_mode") as subtabs:
                 with gr.Tab("img2img", id=subtab_id("img2img"), elem_id="img2img_img2img_tab") as t0:
                     init_image = gr.Image(label="Image for img2img", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
-                                          elem_id="img2img_image", height=360)  # fmt: skip
+                                          elem_id="img2img_image", height=360, format="png")  # fmt: skip
                 with gr.Tab("Sketch", id=subtab_id("sketch"), elem_id="img2img_sketch_tab") as t1:
                     sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch", height=360,
-                                            brush=gr.Brush(color_mode="defaults"))  # fmt: skip
+                                            brush=gr.Brush(color_mode="defaults"), format="png")  # fmt: skip
                 with gr.Tab("Inpaint", id=subtab_id("inpaint"), elem_id="img2img_inpaint_tab") as t2:
                     inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", elem_id="img2img_inpaint",
-                                             height=360, brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))  # fmt: skip
+                                             height=360, brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), format="png")  # fmt: skip
                 with gr.Tab(
                     "Inpaint upload", id=subtab_id("inpaint_upload"), elem_id="img2img_inpaint_upload_tab"
                 ) as t3:
                     upload_image = gr.Image(
-                        label="Image", type="pil", image_mode="RGB", elem_id="img2img_inpaint_upload_image"
+                        label="Image",
+                        type="pil",
+                        image_mode="RGB",
+                        elem_id="img2img_inpaint_upload_image",
+                        format="png",
                     )
                     upload_mask = gr.Image(
-                        label="Mask", type="pil", image_mode="L", elem_id="img2img_inpaint_upload_mask"
+                        label="Mask",
+                        type="pil",
+                        image_mode="L",
+                        elem_id="img2img_inpaint_upload_mask",
+                        format="png",
                     )
                 with gr.Tab("Batch", id=subtab_id("batch"), elem_id="img2img_batch_tab") as t4:
                     gr.Markdown(

@@ -11,6 +11,7 @@ from webui.app.extras import build_extras
 from webui.app.form_params import SAME_SAMPLER, SAME_SCHEDULER
 from webui.app.img2img import build_img2img
 from webui.app.pnginfo import build_pnginfo
+from webui.app.prompt_row import style_choices
 from webui.app.sendto import wire_send_to
 from webui.app.services import Form, UiServices
 from webui.app.settings import build_settings, current_values
@@ -68,8 +69,10 @@ def build_page(ctx: AppContext) -> gr.Blocks:
         wire_send_to(tabs, txt2img, img2img, extras, pnginfo)
         setting_controls = [settings.controls[s.key] for s in settings.specs]
         lists = sampler_lists(txt2img.form, img2img.form)
-        demo.load(lambda: (*page_load_values(ui), *current_values(ui, settings.specs), *sampler_choices(ui, lists)), None,
-                  [bar.checkpoint, bar.vae, bar.note, *setting_controls, *(c for c, _ in lists)],
+        style_lists = (txt2img.row.styles, img2img.row.styles)
+        demo.load(lambda: (*page_load_values(ui), *current_values(ui, settings.specs), *sampler_choices(ui, lists),
+                           *(style_choices(ui) for _ in style_lists)), None,
+                  [bar.checkpoint, bar.vae, bar.note, *setting_controls, *(c for c, _ in lists), *style_lists],
                   js=page_script(ctx.flags.theme), queue=False)  # fmt: skip
     demo.queue(default_concurrency_limit=None)
     return demo

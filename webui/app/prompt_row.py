@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from webui.app.progress import error_html
-from webui.app.services import Form
+from webui.app.services import Form, UiServices
 from webui.app.tokens import token_count_text
 from webui.engine.errors import InvalidParameter
 from webui.engine.styles import PromptStyle, merge_style
@@ -114,6 +114,12 @@ def _wire_prompt_row(form: Form, row: PromptRow) -> None:
     row.save_style.click(
         save, [row.style_name, row.prompt, row.negative], [row.styles, row.message, row.style_name]
     )
+
+
+def style_choices(ui: UiServices) -> Any:
+    """Fresh choices for a styles dropdown (styles saved since the page was built, e.g. from another
+    tab or before a reload of the page)."""
+    return gr.update(choices=list(ui.styles.styles))
 
 
 def _merge_one(style: PromptStyle, prompt: str, negative: str) -> tuple[str, str]:
