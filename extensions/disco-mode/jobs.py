@@ -4,11 +4,11 @@ of the original Disco models (the pixel engine)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
@@ -25,9 +25,9 @@ from .runner import (
     SETTINGS_KEY,
     DiscoRunner,
     free_name,
-    image_prompts,
     load_init_image,
     pixels,
+    to_image,
 )
 from .settings import DiscoSettings
 
@@ -199,12 +199,12 @@ class DiscoJobs:
                 return guide.loss(images_pm1, step, steps, cuts)
 
             def report(step: int, total: int, pred: torch.Tensor) -> None:
-                run.report(step, total, lambda: _to_image(pred[0]))
+                run.report(step, total, lambda: to_image(pred[0]))
 
             run.set_text(f"Disco: image {index + 1} of {settings.n_batches}")
             out = run_pixel(unet, settings, loss, generator, report, secondary, sampling_mode=mode,
                             init_image=init_tensor)  # fmt: skip
-            image = _to_image(out[0])
+            image = to_image(out[0])
             infotext = (
                 f"{', '.join(p.text for p in prompts)}\nSeed: {seed}, {INFOTEXT_KEY}: {_quoted(settings)}"
             )
@@ -219,12 +219,5 @@ class DiscoJobs:
         return DiscoResult(tuple(images), tuple(infotexts), tuple(seeds), tuple(paths))
 
 
-def _to_image(x: torch.Tensor) -> Image.Image:
-    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.rint(array).astype(np.uint8))
-
-
 def _quoted(settings: DiscoSettings) -> str:
-    import json
-
     return json.dumps(settings.infotext_value())

@@ -26,6 +26,7 @@ from webui.extensions.api import (
     SamplingContext,
 )
 
+from .animation import prompts_for_frame
 from .clip_interface import GuidanceClip
 from .guidance import ClipGuide, CLIPGuidedDenoiser
 from .prompts import WeightedPrompt, parse_prompt
@@ -148,7 +149,7 @@ class DiscoRunner:
             return model
         settings, args = found
         frame = int(args.get(FRAME_KEY, 0))
-        prompts = [parse_prompt(line) for line in _prompts_at(settings.text_prompts, frame)]
+        prompts = [parse_prompt(line) for line in prompts_for_frame(settings.text_prompts, frame)]
         init = None
         init_scale = float(args.get(INIT_SCALE_KEY, settings.init_scale))
         if init_scale > 0 and getattr(sampling.params, "init_images", None):
@@ -175,7 +176,7 @@ class DiscoRunner:
         skip: float = 0.0,
     ) -> dict[str, Any]:
         """The core generation request of one latent-engine image (or animation frame)."""
-        _, prompt, negative = split_prompts(_prompts_at(settings.text_prompts, frame))
+        _, prompt, negative = split_prompts(prompts_for_frame(settings.text_prompts, frame))
         negative = ", ".join(t for t in (settings.negative_prompt, negative) if t)
         fields: dict[str, Any] = {
             "prompt": prompt,
@@ -216,7 +217,9 @@ class DiscoRunner:
             one = fixed.replace(seed=(fixed.seed + index) % (2**32))
             result = run.generate(
                 self.generation_fields(one, init_image=init, skip=one.skip_steps / one.steps),
-                extension_args={self.api.id: {SETTINGS_KEY: one.to_dict(), PARTIALS_KEY: str(folder / "partials")}},
+                extension_args={
+                    self.api.id: {SETTINGS_KEY: one.to_dict(), PARTIALS_KEY: str(folder / "partials")}
+                },
                 folder=f"{OUTPUT_FOLDER}/{fixed.batch_name}",
             )
             images += result.images
@@ -242,34 +245,29 @@ class IntermediateSaver:
     """Saves the x0 estimate as a PNG at the steps of ``intermediate_saves`` (Disco's ``partials/``)."""
 
     def __init__(
-        self, model: Callable[..., torch.Tensor], sampling: SamplingContext, settings: DiscoSettings, folder: Path
+        self, guided: CLIPGuidedDenoiser, sampling: SamplingContext, settings: DiscoSettings, folder: Path
     ) -> None:
-        self.model, self.sampling, self.folder = model, sampling, folder
-        sigmas = sampling.sigmas.detach().double().cpu()
-        self._ascending = sigmas.flip(0).tolist()
-        self._offset = settings.steps - (len(sigmas) - 1)  # steps skipped by an init image
+        self.guided, self.sampling, self.folder = guided, sampling, folder
+        self._offset = settings.steps - guided.steps  # steps skipped by an init image
         self._due = set(settings.intermediate_save_steps())
         self._prefix = f"{settings.batch_name}_{sampling.seeds[0] if sampling.seeds else settings.seed}"
 
-    def step(self, sigma: torch.Tensor) -> int:
-        """The run's step number (skipped steps included) of a model call at ``sigma``."""
-        import bisect
-
-        value = float(torch.as_tensor(sigma).max())
-        at_least = len(self._ascending) - bisect.bisect_left(self._ascending, value * (1 - 1e-6))
-        return self._offset + min(max(at_least - 1, 0), len(self._ascending) - 2)
-
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
-        x0 = self.model(x, sigma, **cond)
-        step = self.step(sigma)
+        x0 = self.guided(x, sigma, **cond)
+        step = self._offset + self.guided.step_index(sigma)  # the run's step, skipped steps included
         if step in self._due:
             self._due.discard(step)
             with torch.no_grad():
-                rgb = self.sampling.decode(x0[:1].detach())
-            array = ((rgb[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).round().to(torch.uint8).cpu().numpy()
+                image = to_image(self.sampling.decode(x0[:1].detach())[0])
             self.folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array).save(self.folder / f"{self._prefix}_{step:04d}.png")
+            image.save(self.folder / f"{self._prefix}_{step:04d}.png")
         return x0
+
+
+def to_image(x: torch.Tensor) -> Image.Image:
+    """``[3, H, W]`` in [-1, 1] -> an RGB image (rounded, not truncated)."""
+    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.rint(array).astype(np.uint8))
 
 
 def image_prompts(table: Mapping[int, Sequence[str]], frame: int) -> list[tuple[Image.Image, float]]:
@@ -277,7 +275,7 @@ def image_prompts(table: Mapping[int, Sequence[str]], frame: int) -> list[tuple[
     if not table:
         return []
     pairs = []
-    for line in _prompts_at(table, frame):
+    for line in prompts_for_frame(table, frame):
         prompt = parse_prompt(line, "image_prompts")
         file = Path(prompt.text)
         if not file.is_file():
@@ -286,14 +284,10 @@ def image_prompts(table: Mapping[int, Sequence[str]], frame: int) -> list[tuple[
             with Image.open(file) as image:
                 pairs.append((image.convert("RGB"), prompt.weight))
         except OSError as exc:
-            raise InvalidParameter("image_prompts", f"{prompt.text} is not a readable image ({exc})") from None
+            raise InvalidParameter(
+                "image_prompts", f"{prompt.text} is not a readable image ({exc})"
+            ) from None
     return pairs
-
-
-def _prompts_at(text_prompts: Mapping[int, Sequence[str]], frame: int) -> list[str]:
-    earlier = [key for key in text_prompts if key <= frame]
-    key = max(earlier) if earlier else min(text_prompts)
-    return list(text_prompts[key])
 
 
 def with_fixed_seed(settings: DiscoSettings) -> DiscoSettings:

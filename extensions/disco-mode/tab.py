@@ -24,7 +24,14 @@ from .settings import ENGINES, GUIDANCE_DECODERS, DiscoSettings
 CUSTOM_PRESET = "custom"
 INFOTEXT_PREFIX = "Disco: "
 # Controls that are not settings of either record.
-UI_ONLY = ("text_prompts_text", "image_prompts_text", "clip_models_text", "cut_preset", "reload_from", "init_upload")
+UI_ONLY = (
+    "text_prompts_text",
+    "image_prompts_text",
+    "clip_models_text",
+    "cut_preset",
+    "reload_from",
+    "init_upload",
+)
 ANIMATION_FIELDS = (
     "animation_mode", "max_frames", "angle", "zoom", "translation_x", "translation_y", "frames_scale",
     "frames_skip_steps", "fps", "resume",

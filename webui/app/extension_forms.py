@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from webui.app.extension_sections import control_component
+from webui.app.form_params import whole_number
 from webui.app.progress import error_html
 from webui.app.results import build_results, stream_job
 from webui.app.services import UiServices
@@ -33,7 +34,7 @@ def build_form_tab(ui: UiServices, tab: Any) -> None:
     names = list(components)
 
     def start(*values: Any) -> Iterator[dict[Any, Any]]:
-        given = {name: _plain(value) for name, value in zip(names, values, strict=True)}
+        given = {name: whole_number(value) for name, value in zip(names, values, strict=True)}
         host = ui.ctx.extensions
         try:
             checked = tab.check(given)
@@ -57,10 +58,3 @@ def build_form_tab(ui: UiServices, tab: Any) -> None:
             job.interrupt()
 
     stop.click(interrupt, panel.job_id, None, queue=False)
-
-
-def _plain(value: Any) -> Any:
-    """Gradio numbers arrive as floats; whole ones become ints so integer controls check."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value

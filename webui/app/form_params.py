@@ -81,18 +81,21 @@ def choice_index(field: str, value: Any, choices: Sequence[str]) -> int:
 
 
 def extension_args(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{extension id: {control: value}}`` from the form's ``ext:<id>:<name>`` values.
-
-    Gradio numbers and sliders arrive as floats; whole numbers become ints so integer controls check."""
+    """``{extension id: {control: value}}`` from the form's ``ext:<id>:<name>`` values."""
     result: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         if not key.startswith(EXTENSION_PREFIX):
             continue
         owner, _, name = key[len(EXTENSION_PREFIX) :].partition(":")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        result.setdefault(owner, {})[name] = value
+        result.setdefault(owner, {})[name] = whole_number(value)
     return result
+
+
+def whole_number(value: Any) -> Any:
+    """Gradio numbers and sliders arrive as floats; whole ones become ints so integer controls check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def generation_params(mode: str, values: Mapping[str, Any]) -> GenerationParams:

@@ -430,28 +430,22 @@ class ExtensionAPI:
 
     def clip_models(self) -> list[str]:
         """Names of the CLIP models in ``models/clip/`` (and the bundled demo CLIP when present)."""
-        from webui.models.clip_models import discover_clip_models
-
-        if self._services.models_dir is None:
-            return []
-        return [entry.name for entry in discover_clip_models(self._services.models_dir)]
+        models = self._services.models
+        return [entry.name for entry in models.clip_models()] if models is not None else []
 
     def load_clip(self, name: str, device: torch.device | str | None = None) -> Any:
         """Load CLIP model ``name`` (see :meth:`clip_models`) offline, frozen, on ``device`` (default: the
         models' device). The object has ``name``, ``image_size``, ``encode_image(pixels in [0, 1])``
         (differentiable) and ``encode_text(texts)``. Each call loads anew; cache what you keep."""
-        from webui.models.clip_models import discover_clip_models, load_clip_model
+        from webui.models.errors import ModelNotFound
 
-        if self._services.models_dir is None:
-            raise InvalidParameter("clip_model", "this session has no models folder")
-        entries = {entry.name: entry for entry in discover_clip_models(self._services.models_dir)}
-        if name not in entries:
-            raise InvalidParameter(
-                "clip_model", f"CLIP model {name!r} not found; installed: {', '.join(entries) or '(none)'}"
-            )
-        return load_clip_model(
-            entries[name], device=torch.device(device) if device is not None else self.device
-        )
+        models = self._services.models
+        if models is None:
+            raise InvalidParameter("clip_model", "this session has no model manager")
+        try:
+            return models.load_clip(name, device=torch.device(device) if device is not None else None)
+        except ModelNotFound as exc:
+            raise InvalidParameter("clip_model", str(exc)) from None
 
     @property
     def models_dir(self) -> Path | None:

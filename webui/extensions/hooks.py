@@ -7,6 +7,7 @@ and, for hooks that run inside a job, the job fails with a clear :class:`Extensi
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -60,26 +61,26 @@ class HookEntry:
     order: int = 0
     seq: int = 0
 
+    @functools.cached_property
+    def keywords(self) -> frozenset[str] | None:
+        """The keyword arguments ``fn`` takes (None: any, it has ``**kwargs`` or no signature); read once,
+        not on every call (``on_step`` runs per sampling step)."""
+        try:
+            params = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature get everything
+            return None
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return frozenset(p.name for p in params if p.kind in kinds)
+
     def call(self, *args: Any, **payload: Any) -> Any:
         """Call ``fn`` with the payload keys it accepts (all of them if it takes ``**kwargs``), so hooks
         written for an older facade keep working when a hook's payload grows."""
-        return self.fn(*args, **accepted(self.fn, payload))
-
-
-def accepted(fn: Callable[..., Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``payload`` that ``fn`` takes as keyword arguments."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature get everything
-        return payload
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return payload
-    names = {
-        p.name
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    return {k: v for k, v in payload.items() if k in names}
+        names = self.keywords
+        if names is not None:
+            payload = {k: v for k, v in payload.items() if k in names}
+        return self.fn(*args, **payload)
 
 
 def check_hook_name(name: str) -> str:

@@ -537,7 +537,8 @@ class ExtensionHost:
         itself), are passed through for the extension to check."""
         sections = self.contributions.snapshot(UISection)
         owners = sorted({s.owner for s in sections} - {trusted})
-        loaded = {e.id for e in self.list() if e.status == LOADED}
+        with self._lock:
+            loaded = {e.manifest.id for e in self._entries.values() if e.status == LOADED and e.manifest}
         free = (loaded - set(owners)) | ({trusted} if trusted else set())
         unknown = sorted(set(given or {}) - set(owners) - free)
         if unknown:

@@ -168,11 +168,16 @@ class ModelManager:
         """CLIP models in ``models/clip`` and the demo CLIP, rescanned on each call."""
         return discover_clip_models(self.paths.models_dir)
 
-    def load_clip(self, name: str, dtype: torch.dtype = torch.float32) -> GuidanceClipModel:
-        """A new frozen guidance CLIP ``name`` on the compute device (the caller keeps it, not the manager)."""
+    def load_clip(
+        self, name: str, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    ) -> GuidanceClipModel:
+        """A new frozen guidance CLIP ``name`` on ``device`` (default: the compute device); the caller keeps
+        it, not the manager."""
         entry = find_clip_model(self.paths.models_dir, name)
         tokenizers = self.paths.model_configs_dir / "tokenizers" / "clip-l"  # shared with the SD tokenizers
-        return load_clip_model(entry, device=self.policy.device, dtype=dtype, tokenizer_dir=tokenizers)
+        return load_clip_model(
+            entry, device=device or self.policy.device, dtype=dtype, tokenizer_dir=tokenizers
+        )
 
     # loading --------------------------------------------------------------------------------------
     def is_demo(self, info: CheckpointInfo | None) -> bool:
