@@ -8,8 +8,10 @@ pictures come from ``generate``. The tests skip when the weights have not been t
 
 from __future__ import annotations
 
+import json
 import os
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,14 +163,40 @@ def test_every_sampler_matches_the_prompt(demo: AppContext) -> None:
     assert np.mean([v.shape for v in verdicts.values()]) >= 0.7
 
 
-def test_one_native_image_under_a_second(demo: AppContext) -> None:
-    prompt = "a small blue ring on a yellow background"
-    _generate(demo, prompt, 1, steps=20)  # warm-up
+TIMING_SCRIPT = """
+import json, sys, tempfile, time
+from pathlib import Path
+from webui.config.flags import parse_flags
+from webui.context import build_context
+from webui.engine.params import GenerationParams
+from webui.engine.processing import generate
+
+weights = Path(sys.argv[1])
+with tempfile.TemporaryDirectory() as root:
+    ctx = build_context(parse_flags(["--data-dir", root, "--ckpt", str(weights)]), Path(root))
+    ctx.models.load(str(weights))
+    services = ctx.engine_services()
     timings = []
-    for seed in range(3):
+    for seed in (1, 0, 1, 2):  # the first is a warm-up
+        params = GenerationParams(prompt="a small blue ring on a yellow background", seed=seed, width=64,
+                                  height=64, steps=20, do_not_save_samples=True, do_not_save_grid=True)
         started = time.perf_counter()
-        _generate(demo, prompt, seed, steps=20)
+        generate(services, params)
         timings.append(time.perf_counter() - started)
+    ctx.close()
+print(json.dumps(timings[1:]))
+"""
+
+
+def test_one_native_image_under_a_second(demo: AppContext) -> None:
+    # Timed in a fresh process: threads and allocations that earlier tests of the suite leave behind in this
+    # one have been seen to double the time; the bar is about the app, not about the test session.
+    done = subprocess.run(
+        [sys.executable, "-c", TIMING_SCRIPT, str(WEIGHTS)], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    timings = json.loads(done.stdout.strip().splitlines()[-1])
     _note("seconds per 20-step 64x64 image", timings)
     assert min(timings) < 1.0, timings
 
