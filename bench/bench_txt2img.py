@@ -40,8 +40,8 @@ SMALL_SD1 = {
 }  # fmt: skip
 
 
-def build_checkpoint(path: Path, family: str, size: str) -> None:
-    """Write a random-weight single-file checkpoint of the requested shape."""
+def build_checkpoint(path: Path, family: str, size: str, device: str = "cpu") -> None:
+    """Write a random-weight single-file checkpoint of the requested shape (random numbers drawn on ``device``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -60,10 +60,11 @@ def build_checkpoint(path: Path, family: str, size: str) -> None:
     sys.path.insert(0, str(ROOT))
     from tests.factories import FULL_SIZE_CONFIGS, _build_components
 
-    comps = _build_components(FULL_SIZE_CONFIGS[family], False)
-    for module in comps.values():
-        for p in module.parameters():
-            p.data = torch.randn(p.shape, dtype=torch.float16) * 0.02
+    with torch.device(device):  # initialising 1-3 B parameters on a GPU takes seconds instead of minutes
+        comps = _build_components(FULL_SIZE_CONFIGS[family], False)
+        for module in comps.values():
+            for p in module.parameters():
+                p.data = torch.randn(p.shape, dtype=torch.float16) * 0.02
     export_single_file(
         path,
         family,
@@ -109,6 +110,30 @@ def diffusers_pipeline(model, scheduler_kind: str):
     )  # fmt: skip
 
 
+def profile_run(fn, device: torch.device, table: Path, title: str) -> dict[str, float]:
+    """One run under torch.profiler: wall time, summed device-kernel time and host<->device syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with table.open("a") as f:
+        f.write(f"\n===== {title}\n{events.table(sort_by='self_cpu_time_total', row_limit=40)}\n")
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+    syncs = sum(
+        e.count
+        for e in events
+        if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync")
+    )
+    return {"wall_s": round(wall, 4), "kernel_s": round(kernel_us / 1e6, 4), "sync_or_copy_calls": syncs}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
@@ -120,7 +145,12 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--no-cuda-graphs", action="store_true", help="run our UNet eagerly (Settings > Optimizations)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also profile one run of each engine per setting; tables are appended to this file")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,11 +172,15 @@ def main() -> int:
     elif args.dtype == "bf16":
         flag_list += ["--precision", "bf16"]
     ctx = build_context(
-        parse_flags(flag_list), work, options=Options(None, {"samples_save": False, "grid_save": False})
+        parse_flags(flag_list),
+        work,
+        options=Options(
+            None, {"samples_save": False, "grid_save": False, "cuda_graphs": not args.no_cuda_graphs}
+        ),
     )
     ckpt = ctx.paths.ckpt_dirs[0] / f"bench-{args.family}-{args.size}.safetensors"
     t0 = time.perf_counter()
-    build_checkpoint(ckpt, args.family, args.size)
+    build_checkpoint(ckpt, args.family, args.size, args.device)
     print(f"checkpoint written in {time.perf_counter() - t0:.1f}s ({ckpt.stat().st_size / 1e6:.0f} MB)")
     model = ctx.models.load()
     device = model.device
@@ -169,12 +203,25 @@ def main() -> int:
 
             def theirs(pipe=pipe, batch: int = batch) -> None:
                 g = torch.Generator(device="cpu").manual_seed(1)
-                pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
-                     width=width, height=width, num_images_per_prompt=batch, generator=g, output_type="pil")  # fmt: skip
+                # diffusers' SDXL pipeline expects its VAE in the model's half dtype and upcasts it itself
+                # (force_upcast); our loader keeps that VAE in fp32, so hand it over as diffusers expects.
+                vae_dtype = next(model.vae.parameters()).dtype
+                if model.spec.is_sdxl and model.dtype == torch.float16:
+                    model.vae.to(torch.float16)
+                try:
+                    pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
+                         width=width, height=width, num_images_per_prompt=batch, generator=g, output_type="pil")  # fmt: skip
+                finally:
+                    model.vae.to(vae_dtype)
 
-            ours()  # warm-up both (kernels, allocator, caches)
-            theirs()
-            devices.reset_peak_memory(device)
+            peaks = {}
+            # warm-up (kernels, allocator) and peak VRAM of each
+            for name, fn in (("ours", ours), ("diffusers", theirs)):
+                devices.synchronize(device)
+                devices.reset_peak_memory(device)
+                fn()
+                devices.synchronize(device)
+                peaks[name] = devices.peak_memory_bytes(device) / 2**30
             for _ in range(args.repeats):  # interleaved so drift hits both equally
                 for fn, acc in ((ours, ours_t), (theirs, theirs_t)):
                     devices.synchronize(device)
@@ -188,13 +235,19 @@ def main() -> int:
                 "batch": batch, "sampler": sampler, "steps": args.steps,
                 "ours_s_per_image": o / batch, "diffusers_s_per_image": d / batch,
                 "ours_it_s": args.steps / o, "diffusers_it_s": args.steps / d, "ratio": o / d,
-                "peak_vram_gb": devices.peak_memory_bytes(device) / 2**30,
+                "ours_peak_vram_gb": peaks["ours"], "diffusers_peak_vram_gb": peaks["diffusers"],
+                "ours_runs_s": ours_t, "diffusers_runs_s": theirs_t,
             }  # fmt: skip
+            if args.profile:
+                row["profile"] = {name: profile_run(fn, device, args.profile, f"{name} {sampler} batch {batch}")
+                                  for name, fn in (("ours", ours), ("diffusers", theirs))}  # fmt: skip
+                print(f"  profile: {row['profile']}")
             results.append(row)
+            if args.json:  # after every row, so a run cut short still leaves its numbers
+                args.json.write_text(json.dumps(results, indent=2))
             print(f"{sampler:9s} batch {batch}: ours {o / batch:.3f} s/img ({row['ours_it_s']:.2f} it/s)  "
-                  f"diffusers {d / batch:.3f} s/img ({row['diffusers_it_s']:.2f} it/s)  ratio {o / d:.3f}", flush=True)  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+                  f"diffusers {d / batch:.3f} s/img ({row['diffusers_it_s']:.2f} it/s)  ratio {o / d:.3f}  "
+                  f"peak VRAM ours {peaks['ours']:.2f} / diffusers {peaks['diffusers']:.2f} GiB", flush=True)  # fmt: skip
     ctx.close()
     return 0
 

@@ -16,6 +16,7 @@ from webui.config.flags import Flags, resolve_path
 from webui.config.options import Options
 from webui.config.paths import Paths
 from webui.engine.errors import InvalidParameter
+from webui.engine.esrgan import ModelUpscalers, TileSettings, UpscaleModelCache
 from webui.engine.images import UpscalerRegistry
 from webui.engine.jobs import Job, JobContext, JobQueue
 from webui.engine.outputs import OutputSaver
@@ -45,6 +46,7 @@ class AppContext:
     queue: JobQueue
     version: str = VERSION
     extensions: ExtensionHost | None = None
+    model_upscalers: ModelUpscalers | None = None
     started: bool = field(default=False, init=False)
 
     def engine_services(self, folder: str | None = None) -> EngineServices:
@@ -109,7 +111,15 @@ class AppContext:
             self.started = False
         if self.extensions is not None:
             self.extensions.unload_all()
+        if self.model_upscalers is not None:
+            self.model_upscalers.cache.clear()
         self.models.close()
+
+    def refresh_upscalers(self) -> list[str]:
+        """Rescan ``models/ESRGAN`` (and the other upscaler folders); returns the model upscalers' names."""
+        if self.model_upscalers is None:
+            return []
+        return self.model_upscalers.refresh(self.upscalers)
 
 
 def build_context(
@@ -134,6 +144,12 @@ def build_context(
     ctx = AppContext(
         flags, paths, opts, policy, models, samplers, schedules, UpscalerRegistry.with_builtins(), queue
     )
+    ctx.model_upscalers = ModelUpscalers(
+        paths.models_dir,
+        UpscaleModelCache(policy.device, policy.dtype),
+        lambda: TileSettings.from_options(opts),
+    )
+    ctx.refresh_upscalers()
     if load_extensions:
         host = ExtensionHost.from_context(ctx)
         ctx.extensions = host

@@ -83,6 +83,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
         ("rho", "rho (0 = default)", "number"),
         ("always_discard_next_to_last_sigma", "Always discard next-to-last sigma", "checkbox"),
     )),
+    *_s("Optimizations", (
+        ("cuda_graphs", "Replay the UNet as CUDA graphs: faster steps at small batch sizes, at the cost of keeping one "
+                        "step's activations in VRAM per image size (up to 3 sizes)", "checkbox"),
+    )),
+    *_s("Upscaling", (
+        ("ESRGAN_tile", "Tile size for ESRGAN upscalers; 0 = no tiling", "slider", (), 0, 512, 16),
+        ("ESRGAN_tile_overlap", "Tile overlap for ESRGAN upscalers; low values = visible seam", "slider", (), 0, 48, 1),
+    )),
     *_s("Live previews", (
         ("live_previews_enable", "Show live previews of the created image", "checkbox"),
         ("show_progress_every_n_steps", "Live preview display period (steps); -1 after each image, 0 off", "slider", (), -1, 32, 1),

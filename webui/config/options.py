@@ -67,6 +67,11 @@ OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "show_progress_every_n_steps": 10,
         "live_preview_content": "Prompt",
         "show_progress_type": "Approx cheap",
+        # optimizations
+        "cuda_graphs": True,
+        # upscaling (model upscalers such as ESRGAN)
+        "ESRGAN_tile": 192,
+        "ESRGAN_tile_overlap": 8,
         # API
         "api_enable_requests": False,
         "api_max_request_mb": 64,

@@ -15,6 +15,7 @@ import torch
 
 from webui.engine.conditioning import CondTensors, ImageCond, ScheduledCond
 from webui.engine.discrete import DiscreteSchedule
+from webui.models.unet_graphs import GraphedUNet
 
 
 @dataclass
@@ -28,12 +29,18 @@ class UNetDenoiser:
     """A UNet as an x0-predictor in sigma space (VE form ``x = x0 + sigma * eps``)."""
 
     def __init__(
-        self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction_type: str, dtype: torch.dtype
+        self,
+        unet: torch.nn.Module,
+        schedule: DiscreteSchedule,
+        prediction_type: str,
+        dtype: torch.dtype,
+        graphs: GraphedUNet | None = None,
     ):
         self.unet = unet
         self.schedule = schedule
         self.v_prediction = prediction_type == "v_prediction"
         self.dtype = dtype
+        self.graphs = graphs  # replays the UNet as CUDA graphs where exactly equivalent; None: always eager
 
     def __call__(
         self,
@@ -47,16 +54,17 @@ class UNetDenoiser:
         """Predict x0 for a batch ``x`` at noise levels ``sigma`` ``[B]``."""
         s = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
         c_in = 1.0 / torch.sqrt(s**2 + 1.0)
-        t = self.schedule.sigma_to_t(sigma.to(torch.float32).cpu()).to(x.device)
+        t = self.schedule.sigma_to_t(sigma.to(torch.float32))  # on sigma's device: no host sync
         inp = x * c_in
         if image_cond is not None:
             inp = torch.cat([inp, image_cond.to(inp.dtype)], dim=1)
-        kwargs = {}
-        if added_cond is not None:
-            kwargs["added_cond_kwargs"] = {k: v.to(self.dtype) for k, v in added_cond.items()}
-        out = self.unet(
-            inp.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype), **kwargs
-        ).sample.float()
+        added = None if added_cond is None else {k: v.to(self.dtype) for k, v in added_cond.items()}
+        inp, context = inp.to(self.dtype), context.to(self.dtype)
+        if self.graphs is not None:
+            out = self.graphs(inp, t, context, added).float()
+        else:
+            kwargs = {} if added is None else {"added_cond_kwargs": added}
+            out = self.unet(inp, t, encoder_hidden_states=context, **kwargs).sample.float()
         if self.v_prediction:
             return x * (1.0 / (s**2 + 1.0)) - out * (s / torch.sqrt(s**2 + 1.0))
         return x - out * s
@@ -92,6 +100,9 @@ class CFGDenoiser:
         default_factory=list
     )
     max_rows: int = 16
+    _indices: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def _needs_uncond(self) -> bool:
         if self.cfg_scale != 1.0:
@@ -110,6 +121,13 @@ class CFGDenoiser:
                 rows.append(_Row(i, self.unconds[i].at(step), utid, "uncond"))
         return rows
 
+    def _index(self, images: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        # made once per row layout: a fresh host->device copy every step would wait for the GPU
+        key = (images, device)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(images, device=device)
+        return self._indices[key]
+
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, rows: list[_Row]) -> list[torch.Tensor]:
         outputs: list[torch.Tensor | None] = [None] * len(rows)
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -118,7 +136,7 @@ class CFGDenoiser:
         for members in groups.values():
             for start in range(0, len(members), self.max_rows):
                 part = members[start : start + self.max_rows]
-                idx = torch.tensor([rows[n].image for n in part], device=x.device)
+                idx = self._index(tuple(rows[n].image for n in part), x.device)
                 context = torch.stack([rows[n].cond.context for n in part]).to(x.device)
                 added = None
                 if rows[part[0]].cond.pooled is not None:

@@ -63,6 +63,9 @@ class DiscreteSchedule:
     log_sigmas: torch.Tensor = dataclasses.field(init=False, repr=False)
     sigma_min: float = dataclasses.field(init=False)
     sigma_max: float = dataclasses.field(init=False)
+    _log_sigmas_by_device: dict[torch.device, torch.Tensor] = dataclasses.field(
+        init=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         alphas = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float32).clone()
@@ -108,13 +111,21 @@ class DiscreteSchedule:
         Values outside ``[sigma_min, sigma_max]`` are clamped to timestep 0 or ``T - 1``.
         """
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        log_sigma = sigma.to("cpu").log()
-        count = self.log_sigmas.numel()
-        low = (torch.searchsorted(self.log_sigmas, log_sigma.reshape(-1), right=True) - 1).clamp(0, count - 2)
-        low_value, high_value = self.log_sigmas[low], self.log_sigmas[low + 1]
-        weight = ((log_sigma.reshape(-1) - low_value) / (high_value - low_value)).clamp(0, 1)
+        log_sigmas = self._log_sigmas_on(sigma.device)  # computed where sigma lives: no host round trip
+        log_sigma = sigma.log().reshape(-1)
+        count = log_sigmas.numel()
+        low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, count - 2)
+        low_value, high_value = log_sigmas[low], log_sigmas[low + 1]
+        weight = ((log_sigma - low_value) / (high_value - low_value)).clamp(0, 1)
         t = low.to(torch.float32) + weight
-        return t.reshape(sigma.shape).to(sigma.device)
+        return t.reshape(sigma.shape)
+
+    def _log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        if device.type == "cpu":
+            return self.log_sigmas
+        if device not in self._log_sigmas_by_device:
+            self._log_sigmas_by_device[device] = self.log_sigmas.to(device)
+        return self._log_sigmas_by_device[device]
 
     def t_to_sigma(self, t: torch.Tensor | float) -> torch.Tensor:
         """Map continuous timesteps to noise levels, interpolating log-sigma between neighbouring steps."""

@@ -23,6 +23,7 @@ from webui.models.detection import VAE, ModelSpec, detect, infer_vae_config, rea
 from webui.models.devices import DevicePolicy
 from webui.models.discovery import CheckpointInfo, VaeInfo
 from webui.models.errors import CorruptCheckpoint, ModelError, UnknownArchitecture
+from webui.models.unet_graphs import GraphedUNet
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class LoadedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     vae_info: VaeInfo | None = None
     load_seconds: float = 0.0
+    unet_graphs: GraphedUNet = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.unet_graphs = GraphedUNet(self.unet)
 
     @property
     def latent_factor(self) -> int:
@@ -60,6 +65,8 @@ class LoadedModel:
 
     def to(self, device: torch.device) -> LoadedModel:
         """Move all components to ``device`` (in place); returns ``self``."""
+        if device != self.device:
+            self.unet_graphs.clear()  # graphs point at the old weights, and hold VRAM
         for m in self.modules():
             if next(m.parameters()).device != device:
                 m.to(device)

@@ -55,7 +55,13 @@ def build_catalog_router(ctx: AppContext, styles: StyleDatabase) -> APIRouter:
     @router.get("/upscalers", response_model=list[UpscalerItem])
     async def upscalers() -> list[dict[str, Any]]:
         """Image upscalers."""
-        return [{"name": name} for name in ctx.upscalers.names()]
+        items = []
+        for name in ctx.upscalers.names():
+            upscaler = ctx.upscalers.get(name)
+            path = getattr(upscaler, "path", None)  # model upscalers (ESRGAN ...) name their file
+            items.append({"name": name, "model_name": getattr(upscaler, "model_name", None),
+                          "model_path": str(path) if path is not None else None})  # fmt: skip
+        return items
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     async def latent_upscale_modes() -> list[dict[str, Any]]:
