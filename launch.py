@@ -10,6 +10,7 @@ Only the standard library is used before the virtual environment is ready.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -54,6 +55,36 @@ def requirements_stamp(dev: bool) -> str:
     return h.hexdigest()
 
 
+OPTIONAL_UPSCALER_PACKAGES = ("spandrel", "einops")
+"""ESRGAN-family upscalers (models/ESRGAN) run through spandrel, which imports torchvision at import time."""
+
+
+def torchvision_works(python: str = sys.executable) -> bool:
+    """True when torchvision imports (with its compiled ops) beside the installed torch.
+
+    Probed in a child process: a torchvision built for another torch fails while registering its ops
+    ("operator torchvision::nms does not exist"), which must not take this process down.
+    """
+    probe = "import torch, torchvision, torchvision.ops; torchvision.ops.nms"
+    result = subprocess.run([python, "-c", probe], cwd=ROOT, capture_output=True)
+    return result.returncode == 0
+
+
+def optional_installs(torchvision_ok: bool, have: set[str]) -> tuple[list[str], str | None]:
+    """Packages to add for optional features, and a notice for what is skipped.
+
+    spandrel is installed only beside a working torchvision (never pulling torchvision itself, which could
+    replace torch or break transformers' imports when it does not match the installed torch).
+    """
+    if not torchvision_ok:
+        return [], (
+            "ESRGAN-family upscalers (models/ESRGAN) need spandrel, which needs a torchvision that matches "
+            "your torch; torchvision is missing or does not load, so spandrel was not installed "
+            "(install torchvision for your torch, then `pip install spandrel einops`)"
+        )
+    return [name for name in OPTIONAL_UPSCALER_PACKAGES if name not in have], None
+
+
 def install_requirements(dev: bool, reinstall_torch: bool) -> None:
     """pip-install torch (``TORCH_COMMAND``) and the requirement files unless already done."""
     stamp_file = Path(sys.prefix) / (".webui-requirements-dev" if dev else ".webui-requirements")
@@ -76,6 +107,12 @@ def install_requirements(dev: bool, reinstall_torch: bool) -> None:
     run([*pip, "install", "--no-deps", "-r", "requirements-nodeps.txt"], "installing requirements (no deps)")
     if dev:
         run([*pip, "install", "-r", "requirements-dev.txt"], "installing test requirements")
+    have = {name for name in OPTIONAL_UPSCALER_PACKAGES if importlib.util.find_spec(name) is not None}
+    extra, notice = optional_installs(torchvision_works(), have)
+    if extra:
+        run([*pip, "install", "--no-deps", *extra], "installing ESRGAN upscaler support")
+    if notice:
+        print(f"[launch] {notice}", flush=True)
     stamp_file.write_text(stamp)
 
 

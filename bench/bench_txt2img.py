@@ -206,13 +206,15 @@ def main() -> int:
                 # diffusers' SDXL pipeline expects its VAE in the model's half dtype and upcasts it itself
                 # (force_upcast); our loader keeps that VAE in fp32, so hand it over as diffusers expects.
                 vae_dtype = next(model.vae.parameters()).dtype
-                if model.spec.is_sdxl and model.dtype == torch.float16:
+                swap = model.spec.is_sdxl and model.dtype == torch.float16 and vae_dtype != torch.float16
+                if swap:
                     model.vae.to(torch.float16)
                 try:
                     pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
                          width=width, height=width, num_images_per_prompt=batch, generator=g, output_type="pil")  # fmt: skip
                 finally:
-                    model.vae.to(vae_dtype)
+                    if swap:
+                        model.vae.to(vae_dtype)
 
             peaks = {}
             # warm-up (kernels, allocator) and peak VRAM of each
