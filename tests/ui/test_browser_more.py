@@ -405,6 +405,13 @@ def test_saved_style_applies_to_a_later_generation(page: Any, server: RunningSer
     with open(data_dir / "styles.csv", encoding="utf-8", newline="") as f:
         rows = {row["name"]: row for row in csv.DictReader(f)}
     assert rows["inky"]["prompt"] == style_prompt
+    # the img2img tab lists it at once, without a reload (as in A1111)
+    page.locator("#tab_img2img-button").click()
+    page.locator("#img2img_styles input").first.click()
+    expect_listed = page.locator("ul[role=listbox] li", has_text="inky")
+    expect_listed.first.wait_for(state="visible", timeout=10_000)
+    assert expect_listed.count() == 1
+    page.keyboard.press("Escape")
 
     # a new page lists the style in both tabs; picking it applies it to the prompt of the job
     open_app(page, server.url)

@@ -33,6 +33,7 @@ class PromptRow:
     style_name: Any
     styles: Any
     message: Any
+    style_saved: Any = None  # the save-style event: the page chains a refresh of the other tabs' lists
 
 
 def build_prompt_row(form: Form) -> PromptRow:
@@ -111,7 +112,7 @@ def _wire_prompt_row(form: Form, row: PromptRow) -> None:
         ui.styles.save_style(PromptStyle(name, prompt or "", negative or ""))
         return gr.update(choices=list(ui.styles.styles)), f"Saved style {name!r}.", ""
 
-    row.save_style.click(
+    row.style_saved = row.save_style.click(
         save, [row.style_name, row.prompt, row.negative], [row.styles, row.message, row.style_name]
     )
 
