@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from webui.config.flags import Flags, parse_auth
@@ -75,6 +77,35 @@ def load_initial_model(ctx: AppContext) -> None:
     ctx.submit("model-load", load)
 
 
+TunnelOpener = Callable[[str, int], str]
+
+
+def gradio_share_tunnel(host: str, port: int) -> str:
+    """Gradio's share tunnel (a gradio.live address) to ``host:port``, through Gradio's public
+    ``networking.setup_tunnel``, the call its own ``launch(share=True)`` makes."""
+    import secrets
+
+    from gradio.networking import setup_tunnel
+
+    return setup_tunnel(host, port, secrets.token_urlsafe(32), None, None)
+
+
+def open_share_tunnel(host: str, port: int, opener: TunnelOpener = gradio_share_tunnel) -> str | None:
+    """``--share``: open a public link to the local UI and print it as Gradio does; when that is not
+    possible (no internet, the share server refuses), say why and keep serving locally. Returns the URL."""
+    local = f"http://{host}:{port}"
+    try:
+        url = opener(host, port)
+    except Exception as error:  # any failure of the tunnel must leave the local server running
+        cause = f"{error}: {error.__cause__}" if error.__cause__ else str(error)
+        message = f"--share: could not create a public link ({cause}); the UI is still on {local}"
+        log.error(message)
+        print(message, file=sys.stderr, flush=True)
+        return None
+    print(f"Running on public URL: {url}", flush=True)
+    return url
+
+
 def serve(flags: Flags, root: Path) -> int:
     """Start the app and serve until interrupted; returns the process exit code."""
     import uvicorn
@@ -89,8 +120,11 @@ def serve(flags: Flags, root: Path) -> int:
     app = create_app(ctx)
     url = f"http://{'127.0.0.1' if flags.host == '0.0.0.0' else flags.host}:{flags.server_port}"
     print(f"Running on local URL:  {url}", flush=True)
-    if flags.share and not flags.nowebui:
-        log.info("--share: Gradio's share tunnel is opened by the UI launcher")
+    if flags.share and not flags.nowebui:  # in the background: the local server must not wait for it
+        local = "127.0.0.1" if flags.host == "0.0.0.0" else flags.host
+        threading.Thread(
+            target=open_share_tunnel, args=(local, flags.server_port), name="share-tunnel", daemon=True
+        ).start()
     if flags.autolaunch:
         import webbrowser
 
