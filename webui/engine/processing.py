@@ -46,6 +46,7 @@ from webui.engine.samplers.registry import SamplerInfo, SamplerRegistry, Schedul
 from webui.engine.sampling_context import SamplingContext
 from webui.engine.seeds import ImageNoise, image_seeds, resolve_seed
 from webui.infotext.format import format_infotext, generation_params
+from webui.models import devices
 
 log = logging.getLogger(__name__)
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
@@ -148,10 +149,9 @@ VAE_DECODE_MEMORY_SHARE = 0.6  # of the memory free on the GPU
 def vae_decode_chunk(model: Any, count: int, pixels: int) -> int:
     """Images per VAE decode call: on CUDA as many as fit in the free memory (one call is fastest), else
     a fixed pixel budget."""
-    if model.device.type != "cuda":
+    free = devices.available_memory(model.device)
+    if free is None:
         return max(1, VAE_DECODE_MAX_PIXELS // pixels)
-    free, _ = torch.cuda.mem_get_info(model.device)
-    free += torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)
     per_image = pixels * VAE_DECODE_BYTES_PER_PIXEL_FP32 * torch.finfo(model.vae_dtype).bits // 32
     return max(1, min(count, int(free * VAE_DECODE_MEMORY_SHARE) // per_image))
 
@@ -163,9 +163,21 @@ def vae_decode(model: Any, latents: torch.Tensor) -> list[Image.Image]:
     scale = float(model.vae.config.scaling_factor)
     pixels = latents.shape[-1] * latents.shape[-2] * model.latent_factor**2
     chunk = vae_decode_chunk(model, latents.shape[0], pixels)
-    for i in range(0, latents.shape[0], chunk):
+    i = 0
+    while i < latents.shape[0]:
         z = (latents[i : i + chunk] / scale).to(device=model.device, dtype=model.vae_dtype)
-        out.extend(_to_images(model.vae.decode(z).sample))
+        try:
+            decoded = model.vae.decode(z).sample
+        except Exception as error:
+            if chunk == 1 or not devices.is_out_of_memory(error):
+                raise
+            del z
+            devices.empty_cache(model.device)
+            chunk = max(1, chunk // 2)  # the estimate was too generous for this card: smaller calls
+            log.warning("VAE decode ran out of memory; decoding %d image(s) per call", chunk)
+            continue
+        out.extend(_to_images(decoded))
+        i += z.shape[0]
     return out
 
 

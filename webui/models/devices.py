@@ -86,6 +86,20 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation on ``device`` can use: free on the card plus what PyTorch's cache holds
+    unused; None off CUDA (no meaningful bound)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an accelerator out-of-memory error."""
+    return isinstance(error, torch.OutOfMemoryError)
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory measurement on a CUDA device."""
     if device.type == "cuda":
