@@ -40,6 +40,14 @@ def wait_text(pg: Any, selector: str, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{selector} never showed {text!r}; last: {pg.locator(selector).inner_text()!r}")
 
 
+def generate_img2img(pg: Any, prompt: str, shot: str) -> None:
+    """Type ``prompt`` into img2img, press Generate, wait for the job to finish and keep a screenshot."""
+    pg.locator("#img2img_prompt textarea").fill(prompt)
+    pg.locator("#img2img_generate").click()
+    wait_text(pg, "#img2img_progress", "Done")
+    screenshot(pg, shot)
+
+
 def outputs_with(root: Path, kind: str, prompt: str) -> list[Path]:
     folder = root / "outputs" / f"{kind}-images"
     return sorted(p for p in folder.rglob("*.png") if (read_infotext(p) or "").split("\n")[0] == prompt)
@@ -165,12 +173,9 @@ def test_inpaint_upload_keeps_pixels_outside_mask(page: Any, data_dir: Path, tmp
     page.locator("#img2img_inpaint_upload_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
     page.wait_for_selector("#img2img_inpaint_upload_mask img")
     prompt = "inpaint the middle"
-    page.locator("#img2img_prompt textarea").fill(prompt)
     assert number_of(page, "img2img_mask_blur") == 0
-    page.locator("#img2img_generate").click()
-    wait_text(page, "#img2img_progress", "Done")
+    generate_img2img(page, prompt, "img2img-inpaint-upload")
     page.wait_for_selector("#img2img_gallery img")
-    screenshot(page, "img2img-inpaint-upload")
     files = outputs_with(data_dir, "img2img", prompt)
     assert len(files) == 1
     result = np.asarray(Image.open(files[0]).convert("RGB"))

@@ -29,7 +29,7 @@ from tests.ui.conftest import (
     screenshot,
     start_server,
 )
-from tests.ui.test_browser import _pattern_image, outputs_with, set_number, wait_text
+from tests.ui.test_browser import _pattern_image, generate_img2img, outputs_with, set_number, wait_text
 from tests.ui.test_browser_extensions import choose
 from webui.engine.outputs import read_infotext
 from webui.engine.params import GenerationParams
@@ -169,11 +169,8 @@ def test_inpaint_mask_drawn_with_mouse_repaints_only_the_stroke(
     set_brush_size(page, "img2img_inpaint", 3)
     draw_stroke(page, "img2img_inpaint", line(20, 44, 32))
     prompt = "inpaint a drawn stroke"
-    page.locator("#img2img_prompt textarea").fill(prompt)
-    page.locator("#img2img_generate").click()
-    wait_text(page, "#img2img_progress", "Done")
+    generate_img2img(page, prompt, "img2img-inpaint-drawn")
     page.wait_for_selector("#img2img_gallery img")
-    screenshot(page, "img2img-inpaint-drawn")
     files = outputs_with(data_dir, "img2img", prompt)
     assert len(files) == 1
     result = np.asarray(Image.open(files[0]).convert("RGB")).astype(int)
@@ -199,11 +196,8 @@ def test_sketch_stroke_colour_reaches_the_engine(
     set_brush_size(page, "img2img_sketch", 4)
     draw_stroke(page, "img2img_sketch", line(8, 56, 32))
     prompt = "a blue line sketched on"
-    page.locator("#img2img_prompt textarea").fill(prompt)
     set_number(page, "img2img_denoising_strength", 0.2)
-    page.locator("#img2img_generate").click()
-    wait_text(page, "#img2img_progress", "Done")
-    screenshot(page, "img2img-sketch")
+    generate_img2img(page, prompt, "img2img-sketch")
     assert len(spy_requests) == 1
     request = spy_requests[0]
     assert request.mask is None and request.denoising_strength == pytest.approx(0.2)
@@ -299,10 +293,7 @@ def test_send_to_img2img_inpaint_and_extras(page: Any, server: RunningServer, da
     set_brush_size(page, "img2img_inpaint", 3)
     draw_stroke(page, "img2img_inpaint", line(24, 40, 16))
     inpainted = "repaint the sent picture"
-    page.locator("#img2img_prompt textarea").fill(inpainted)
-    page.locator("#img2img_generate").click()
-    wait_text(page, "#img2img_progress", "Done")
-    screenshot(page, "send-to-inpaint")
+    generate_img2img(page, inpainted, "send-to-inpaint")
     out = outputs_with(data_dir, "img2img", inpainted)
     assert len(out) == 1
     result = np.asarray(Image.open(out[0]).convert("RGB")).astype(int)
@@ -383,11 +374,8 @@ def test_img2img_batch_writes_every_output_with_infotext(page: Any, tmp_path: Pa
         str(target)
     )
     prompt = "a batch from a folder"
-    page.locator("#img2img_prompt textarea").fill(prompt)
     set_number(page, "img2img_seed", 77)
-    page.locator("#img2img_generate").click()
-    wait_text(page, "#img2img_progress", "Done")
-    screenshot(page, "img2img-batch")
+    generate_img2img(page, prompt, "img2img-batch")
     written = sorted(p.name for p in target.iterdir())
     assert written == ["first.png", "second.png"]
     for name in written:

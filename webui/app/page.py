@@ -70,9 +70,9 @@ def build_page(ctx: AppContext) -> gr.Blocks:
         setting_controls = [settings.controls[s.key] for s in settings.specs]
         lists = sampler_lists(txt2img.form, img2img.form)
         style_lists = (txt2img.row.styles, img2img.row.styles)
-        for row in (txt2img.row, img2img.row):  # a style saved in one tab shows in the other at once
-            row.style_saved.then(lambda: tuple(style_choices(ui) for _ in style_lists), None, list(style_lists),
-                                 queue=False)  # fmt: skip
+        # a style saved in one tab shows in the other at once (the saving tab refreshes its own list)
+        for saved_in, other in ((txt2img.row, img2img.row.styles), (img2img.row, txt2img.row.styles)):
+            saved_in.style_saved.then(lambda: style_choices(ui), None, other, queue=False)
         demo.load(lambda: (*page_load_values(ui), *current_values(ui, settings.specs), *sampler_choices(ui, lists),
                            *(style_choices(ui) for _ in style_lists)), None,
                   [bar.checkpoint, bar.vae, bar.note, *setting_controls, *(c for c, _ in lists), *style_lists],

@@ -99,17 +99,17 @@ def _edge_weights(starts: list[int], index: int, size: int, scale: int) -> torch
     neighbours, 1 elsewhere. Two ramps over the same overlap add up to 1."""
     weights = torch.ones(size * scale, dtype=torch.float32)
     start, end = starts[index], starts[index] + size
-    if index > 0:
-        shared = (starts[index - 1] + size - start) * scale
-        if shared > 0:
-            ramp = (torch.arange(shared, dtype=torch.float32) + 0.5) / shared
-            weights[:shared] = torch.minimum(weights[:shared], ramp)
-    if index < len(starts) - 1:
-        shared = (end - starts[index + 1]) * scale
-        if shared > 0:
-            ramp = (torch.arange(shared, dtype=torch.float32) + 0.5) / shared
-            weights[-shared:] = torch.minimum(weights[-shared:], ramp.flip(0))
+    before = (starts[index - 1] + size - start) * scale if index > 0 else 0
+    after = (end - starts[index + 1]) * scale if index < len(starts) - 1 else 0
+    if before > 0:
+        weights[:before] = torch.minimum(weights[:before], _ramp(before))
+    if after > 0:
+        weights[-after:] = torch.minimum(weights[-after:], _ramp(after).flip(0))
     return weights
+
+
+def _ramp(length: int) -> torch.Tensor:
+    return (torch.arange(length, dtype=torch.float32) + 0.5) / length
 
 
 def tiled_upscale(
